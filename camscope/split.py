@@ -1,0 +1,213 @@
+"""Split a classifier at its CAM target layer: ``features`` up to the layer, ``classify`` after it.
+
+Every method needs the target layer's activations ``A``; AblationCAM and Grad-CAM then only need
+the part of the network *after* that layer. `split_model` builds two runners with one interface:
+
+* `FxSplit` traces the model with torch.fx (the target layer kept as a leaf), and cuts the graph
+  in two. The *tail* holds every node that depends on the target layer's output; any other value
+  the tail reads (a residual branch computed before the layer, say) is returned by the head and
+  cached, so ablating ``A`` re-runs only the tail. After ResNet's ``layer4[-1]`` the tail is
+  pooling + fc; after ``layer3`` it is ``layer4`` + pooling + fc.
+* `HookRunner` is the fallback for models that torch.fx cannot trace or split: ``classify``
+  re-runs the whole network on the (cached) input, a forward hook substituting the given
+  activations for the layer's output. Same answers, full cost; `split_model` says so on
+  stderr and in ``runner.note``.
+
+Hooks are registered for the duration of one call and always removed (try/finally), so nothing
+leaks into the caller's model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+__all__ = ["FeatureRunner", "FxSplit", "HookRunner", "SplitError", "split_model"]
+
+
+class SplitError(RuntimeError):
+    """The model cannot be split at the requested layer."""
+
+
+class FeatureRunner:
+    """Interface: ``features(x) -> (A, cache)`` and ``classify(A, cache) -> logits``.
+
+    ``cache`` is a tuple of tensors whose first dimension is the batch; `expand_cache` repeats one
+    image's cache for a batch of modified activations of that image.
+    """
+
+    exact_split: bool = False
+    note: str = ""
+
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        raise NotImplementedError
+
+    def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def expand_cache(
+        cache: Sequence[torch.Tensor], index: int, batch: int
+    ) -> tuple[torch.Tensor, ...]:
+        """One image's cached tensors, broadcast (no copy) to ``batch`` rows."""
+        return tuple(c[index : index + 1].expand(batch, *c.shape[1:]) for c in cache)
+
+
+class _LeafTracer(fx.Tracer):
+    """torch.fx tracer that keeps the target layer (and torch.nn built-ins) as leaves."""
+
+    def __init__(self, leaf: str) -> None:
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self.leaf:
+            return True
+        if self.leaf.startswith(module_qualified_name + "."):
+            return False  # must trace into the layer's ancestors to reach it
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+class FxSplit(FeatureRunner):
+    """Head/tail split of a torch.fx-traceable model at ``layer`` (a canonical dotted name)."""
+
+    exact_split = True
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        tracer = _LeafTracer(layer)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot split"
+            raise SplitError(
+                f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
+            ) from exc
+        calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+        if len(calls) != 1:
+            raise SplitError(f"layer {layer} is called {len(calls)} times in the forward pass")
+        target = calls[0]
+        output = next(n for n in graph.nodes if n.op == "output")
+
+        tail_nodes: set[fx.Node] = {target}
+        for node in graph.nodes:  # topological order
+            if node is not target and any(a in tail_nodes for a in node.all_input_nodes):
+                tail_nodes.add(node)
+        if not any(a in tail_nodes for a in output.all_input_nodes):
+            raise SplitError(f"the model's output does not depend on layer {layer}")
+        external: list[fx.Node] = []
+        for node in graph.nodes:
+            if node in tail_nodes and node is not target and node.op != "output":
+                for arg in node.all_input_nodes:
+                    if arg not in tail_nodes and arg not in external and arg.op != "get_attr":
+                        external.append(arg)
+
+        # Head: everything that does not depend on the layer, plus the layer itself.
+        head = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in graph.nodes:
+            if node.op == "output" or (node in tail_nodes and node is not target):
+                continue
+            env[node] = head.node_copy(node, lambda n: env[n])
+        head.output((env[target], *(env[n] for n in external)))
+
+        # Tail: the layer's output and the cached externals come in as placeholders.
+        tail = fx.Graph()
+        tenv: dict[fx.Node, fx.Node] = {target: tail.placeholder("activations")}
+        for i, node in enumerate(external):
+            tenv[node] = tail.placeholder(f"cached_{i}")
+        for node in graph.nodes:
+            in_tail = node in tail_nodes and node is not target and node.op != "output"
+            if in_tail or node.op == "get_attr":
+                tenv[node] = tail.node_copy(node, lambda n: tenv[n])
+        tail.output(fx.graph.map_arg(output.args[0], lambda n: tenv[n]))
+
+        self.head = fx.GraphModule(model, head, class_name="CamHead")
+        self.tail = fx.GraphModule(model, tail, class_name="CamTail")
+        self.head.graph.eliminate_dead_code()
+        self.tail.graph.eliminate_dead_code()
+        self.head.recompile()
+        self.tail.recompile()
+        self.layer = layer
+        self.num_cached = len(external)
+        self.note = (
+            f"split at {layer} with torch.fx: the tail re-runs {len(tail_nodes) - 1} graph nodes"
+            f" and reads {len(external)} cached tensor(s)"
+        )
+
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        activations, *cache = self.head(inputs)
+        if not isinstance(activations, torch.Tensor):
+            raise SplitError(f"layer {self.layer} does not output a single tensor")
+        for value in cache:
+            if (
+                not isinstance(value, torch.Tensor)
+                or value.dim() == 0
+                or value.shape[0] != len(inputs)
+            ):
+                raise SplitError(
+                    f"the network after {self.layer} reads a value that is not a per-image "
+                    "tensor, so it cannot be re-run on its own"
+                )
+        return activations, tuple(cache)
+
+    def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.tail(activations, *cache)
+
+
+class HookRunner(FeatureRunner):
+    """Fallback: whole-network runs with a forward hook that reads or replaces the layer output."""
+
+    exact_split = False
+
+    def __init__(self, model: nn.Module, layer: str, module: nn.Module, reason: str = "") -> None:
+        self.model = model
+        self.layer = layer
+        self.module = module
+        self.note = (
+            f"could not split the model at {layer} ({reason}); every re-evaluation re-runs the "
+            "whole network"
+        )
+
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        captured: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+            captured.append(out)
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            self.model(inputs)
+        finally:
+            handle.remove()
+        if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+            raise SplitError(f"layer {self.layer} ran {len(captured)} times or returned no tensor")
+        return captured[0], (inputs,)
+
+    def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        (inputs,) = cache
+
+        def hook(_m: nn.Module, _i: object, _out: torch.Tensor) -> torch.Tensor:
+            return activations
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            return self.model(inputs)
+        finally:
+            handle.remove()
+
+
+def split_model(
+    model: nn.Module, layer: str, module: nn.Module, *, allow_fallback: bool = True
+) -> FeatureRunner:
+    """`FxSplit` when the model can be split at ``layer``, else `HookRunner` (said on stderr)."""
+    try:
+        return FxSplit(model, layer)
+    except SplitError as exc:
+        if not allow_fallback:
+            raise
+        runner = HookRunner(model, layer, module, reason=str(exc))
+        print(f"camscope: warning: {runner.note}", file=sys.stderr)
+        return runner
