@@ -5,10 +5,10 @@ Public API::
     from camscope import GradCAM, AblationCAM, ScoreCAM, explain, load_model
 """
 
+from camscope._version import __version__
 from camscope.methods import METHODS, AblationCAM, BaseCAM, CAMResult, GradCAM, ScoreCAM
 from camscope.models import LoadedModel, load_model, resolve_layer
-
-__version__ = "0.1.0"
+from camscope.pipeline import RunResult, explain
 
 __all__ = [
     "METHODS",
@@ -17,8 +17,10 @@ __all__ = [
     "CAMResult",
     "GradCAM",
     "LoadedModel",
+    "RunResult",
     "ScoreCAM",
     "__version__",
+    "explain",
     "load_model",
     "resolve_layer",
 ]

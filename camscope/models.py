@@ -339,9 +339,11 @@ def load_model(
         try:
             loaded = _load_torchvision(DEFAULT_MODEL, weights_file, weights_tag, notes)
         except WeightsUnavailableError as exc:
+            cause = exc.__cause__ or exc
             _warn(
-                f"default model {DEFAULT_MODEL} unavailable ({exc}); using the bundled "
-                f"{BUNDLED_MODEL} instead",
+                f"{DEFAULT_MODEL} ImageNet weights are not cached and could not be downloaded "
+                f"({_one_line(cause)}); using the bundled {BUNDLED_MODEL} instead "
+                f"(--model {DEFAULT_MODEL} --weights FILE uses ResNet-50)",
                 notes,
             )
             loaded = _load_lite0(None, notes)
