@@ -1,0 +1,246 @@
+"""Time camscope against pytorch-grad-cam on the same model, image, device and threads.
+
+Both libraries run in this one process, back to back, after a warm-up; the script prints
+seconds per image for each method, the speed-up, and the agreement of the maps (so speed is
+never bought with a different answer):
+
+* ``raw``: camscope's feature-resolution map put through pytorch-grad-cam's own
+  post-processing (min-max, then resize) against pytorch-grad-cam's output — same formula,
+  same post-processing, so the max abs difference should be ~1e-6;
+* ``final``: camscope's final map (resize, then min-max) against pytorch-grad-cam's output.
+
+Usage (see BENCHMARKS.md for recorded results)::
+
+    python benchmarks/bench_methods.py --model resnet50 --layer "layer4[-1]"
+    python benchmarks/bench_methods.py --model efficientnet_lite0 --methods scorecam \
+        --scorecam-modes fp32,bf16,k128,k256 --skip-pgc
+
+Needs the ``bench`` extra (``pip install ".[bench]"``) for pytorch-grad-cam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from camscope.imageio import preprocess  # noqa: E402
+from camscope.methods import AblationCAM, GradCAM, ScoreCAM  # noqa: E402
+from camscope.models import load_model, resolve_layer  # noqa: E402
+
+
+def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, tuple, tuple, str]:
+    """ResNets with random weights (fine for timing); the bundled Lite0 with real weights."""
+    if name == "efficientnet_lite0":
+        loaded = load_model(name, device=device)
+        return loaded.model, loaded.mean, loaded.std, loaded.weights_source
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval().to(device)
+    return model, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "random init (seed 0)"
+
+
+def load_input(path: str | None, mean, std, device) -> torch.Tensor:
+    from PIL import Image
+
+    if path:
+        image = Image.open(path).convert("RGB")
+    else:
+        import skimage.data
+
+        image = Image.fromarray(skimage.data.chelsea())
+    _, tensor = preprocess(image, size=(224, 224), mean=mean, std=std)
+    return tensor[None].to(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def pgc_postprocess(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    return scale_cam_image(raw.detach().cpu().numpy().astype(np.float32), size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--layer", default=None)
+    parser.add_argument("--methods", default="gradcam,ablationcam,scorecam")
+    parser.add_argument(
+        "--scorecam-modes",
+        default="fp32",
+        help="comma list of fp32, bf16, fp16, kNNN (max channels NNN)",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--image", default=None)
+    parser.add_argument("--skip-pgc", default="", help="comma list of methods not to run in pgc")
+    parser.add_argument(
+        "--pgc-batch-size",
+        type=int,
+        default=None,
+        help="pytorch-grad-cam ScoreCAM batch (default: its own, 16)",
+    )
+    parser.add_argument("--json", default=None, help="append the results as one JSON line")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, mean, std, source = build_model(args.model, device)
+    layer = args.layer or ("layer4[-1]" if args.model.startswith("resnet") else "bn2")
+    layer_name, module = resolve_layer(model, layer)
+    x = load_input(args.image, mean, std, device)
+    size = tuple(x.shape[-2:])
+    with torch.no_grad():
+        target = int(model(x).argmax())
+    skip = set(filter(None, args.skip_pgc.split(",")))
+    print(
+        f"# {args.model} ({source}) layer {layer_name}, device {device} "
+        f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor()}), "
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}, target {target}"
+    )
+    results: list[dict] = []
+
+    def record(method, mode, ours_s, theirs_s, ours_raw, ours_map, theirs_map, extra=None):
+        row = {
+            "model": args.model,
+            "layer": layer_name,
+            "method": method,
+            "mode": mode,
+            "device": str(device),
+            "camscope_s": ours_s,
+            "pgc_s": theirs_s,
+            "speedup": (theirs_s / ours_s) if theirs_s else None,
+        }
+        if theirs_map is not None:
+            same_post = pgc_postprocess(ours_raw, size)[0]
+            row["maxabs_same_postprocessing"] = float(np.abs(same_post - theirs_map).max())
+            row["pearson_same_postprocessing"] = pearson(same_post, theirs_map)
+            row["pearson_final"] = pearson(ours_map, theirs_map)
+        row.update(extra or {})
+        results.append(row)
+        print(json.dumps(row))
+        sys.stdout.flush()
+
+    methods = args.methods.split(",")
+    pgc = None
+    if any(m not in skip for m in methods):
+        import pytorch_grad_cam as pgc  # noqa: F401
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        pgc_targets = [ClassifierOutputTarget(target)]
+
+    def run_pgc(cls, **kwargs):
+        with cls(model=model, target_layers=[module], **kwargs) as cam:
+            if args.pgc_batch_size and hasattr(cam, "get_cam_weights"):
+                cam.batch_size = args.pgc_batch_size
+            return cam(input_tensor=x, targets=pgc_targets)[0]
+
+    if "gradcam" in methods:
+        with GradCAM(model, layer_name) as cam:
+            ours_s, res = timed(lambda: cam.explain(x, target), device, args.repeats)
+        theirs_s = theirs = None
+        if "gradcam" not in skip:
+            theirs_s, theirs = timed(lambda: run_pgc(pgc.GradCAM), device, args.repeats)
+        record("gradcam", "fp32", ours_s, theirs_s, res.raw, res.maps[0].cpu().numpy(), theirs)
+
+    if "ablationcam" in methods:
+        with AblationCAM(model, layer_name) as cam:
+            ours_s, res = timed(lambda: cam.explain(x, target), device, args.repeats)
+            note = cam.runner.note
+        theirs_s = theirs = None
+        if "ablationcam" not in skip:
+            # pgc's AblationCAM: no warm-up repeat (minutes per call on CPU)
+            start = time.perf_counter()
+            theirs = run_pgc(pgc.AblationCAM)
+            theirs_s = time.perf_counter() - start
+        record(
+            "ablationcam",
+            "fp32",
+            ours_s,
+            theirs_s,
+            res.raw,
+            res.maps[0].cpu().numpy(),
+            theirs,
+            {"runner": note},
+        )
+
+    if "scorecam" in methods:
+        theirs_s = theirs = None
+        if "scorecam" not in skip:
+            start = time.perf_counter()
+            theirs = run_pgc(pgc.ScoreCAM)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            theirs_s = time.perf_counter() - start
+        exact_map = None
+        for mode in args.scorecam_modes.split(","):
+            kwargs: dict = {}
+            if mode.startswith("k"):
+                kwargs["max_channels"] = int(mode[1:])
+            elif mode in ("bf16", "fp16"):
+                kwargs["precision"] = mode
+            # compare with pgc on its own formula; agreement with our exact map for fast modes
+            with ScoreCAM(model, layer_name, variant="pytorch-grad-cam", **kwargs) as cam:
+                ours_s, res = timed(lambda cam=cam: cam.explain(x, target), device, args.repeats)
+            with ScoreCAM(model, layer_name, variant="reference", **kwargs) as cam:
+                ref_s, ref = timed(lambda cam=cam: cam.explain(x, target), device, args.repeats)
+            ref_map = ref.maps[0].cpu().numpy()
+            if mode == "fp32":
+                exact_map = ref_map
+            extra = {
+                "reference_variant_s": ref_s,
+                "channels_run": ref.info.get("channels_run"),
+                "constant_channels": ref.info.get("constant_channels"),
+            }
+            if exact_map is not None:
+                extra["pearson_vs_exact_reference"] = pearson(ref_map, exact_map)
+            record(
+                "scorecam",
+                mode,
+                ours_s,
+                theirs_s,
+                res.raw,
+                res.maps[0].cpu().numpy(),
+                theirs,
+                extra,
+            )
+
+    if args.json:
+        with open(args.json, "a") as fh:
+            for row in results:
+                fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
