@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from camscope import imageio
+from camscope import methods as cam_methods
 from camscope.metrics import (
     DEFAULT_STEPS,
     Faithfulness,
@@ -116,8 +117,6 @@ def _float(value: str | None) -> float:
 
 def _explain_fn(method: str, layer: str, run: dict[str, Any]):
     """``explain_fn(model, inputs, targets) -> maps`` for the sanity check."""
-    from camscope.methods import METHODS
-
     kwargs: dict[str, Any] = {}
     if method == "scorecam":
         kwargs = {
@@ -126,7 +125,7 @@ def _explain_fn(method: str, layer: str, run: dict[str, Any]):
         }
 
     def explain(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor):
-        with METHODS[method](model, layer, **kwargs) as cam:
+        with cam_methods.METHODS[method](model, layer, **kwargs) as cam:
             return cam(inputs, targets)
 
     return explain

@@ -30,6 +30,7 @@ import html
 import io
 import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,9 @@ class Thresholds:
         least ``shared_region_iou`` with each other (needs two or more others).
     sanity_threshold: a method passes the randomisation check when the mean |Spearman| after
         the final cascade step is below it (`camscope.metrics.passes_sanity`).
+    auc_margin: per image, a map is called the most faithful by deletion/insertion only when
+        its AUC beats every other map's by at least this much (AUCs are in [0, 1]; 0.01 is about
+        twice the 95th percentile of the change from DEFAULT_STEPS to 224-pixel steps).
     """
 
     strong_agreement: float = 0.7
@@ -82,6 +86,7 @@ class Thresholds:
     off_region_iou: float = 0.2
     shared_region_iou: float = 0.5
     sanity_threshold: float = 0.5
+    auc_margin: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -278,11 +283,20 @@ def image_findings(data: ReportData, i: int) -> list[str]:
         ):
             vals = {m: float(data.values[m][key][i]) for m in live}
             best = best_fn(vals.values())
-            winners = [m for m in live if vals[m] == best]
-            rest = ", ".join(f"{_label(m)} {_num(vals[m], 3)}" for m in live if m not in winners)
-            who = _join([_label(m) for m in winners])
-            tie = " (tied)" if len(winners) > 1 else ""
-            out.append(f"Most faithful by {word}: {who}{tie} with {_num(best, 3)}, against {rest}.")
+            close = [m for m in live if abs(vals[m] - best) < t.auc_margin]
+            rest = [f"{_label(m)} {_num(vals[m], 3)}" for m in live if m not in close]
+            if len(close) == 1:
+                out.append(
+                    f"Most faithful by {word}: {_label(close[0])} with {_num(best, 3)}, against "
+                    f"{', '.join(rest)}."
+                )
+                continue
+            tied = _join([f"{_label(m)} ({_num(vals[m], 3)})" for m in close])
+            trail = f"; {', '.join(rest)}" if rest else ""
+            out.append(
+                f"By {word} no single map is clearly most faithful: {tied} lie within "
+                f"{t.auc_margin} of the best{trail}."
+            )
     return out
 
 
@@ -344,6 +358,31 @@ def summary_table(data: ReportData) -> tuple[list[str], list[list[object]]]:
             _csv_float(s.sanity_final),
             "" if s.sanity_pass is None else ("pass" if s.sanity_pass else "fail"),
         ]
+        rows.append(row)
+    return header, rows
+
+
+def _display_summary(data: ReportData) -> tuple[list[str], list[list[str]]]:
+    """The summary for reading: one row per method, "mean [95% CI low, high]" cells."""
+    header = ["Method", "n"]
+    header += [f"{s.label}{f' ({s.unit})' if s.unit else ''}, {s.direction}" for s in METRICS]
+    header += ["Empty maps", "Sanity: final mean |Spearman|"]
+    rows = []
+    for s in _summaries(data):
+        row = [_label(s.method), str(s.n)]
+        for spec in METRICS:
+            mean, low, high = (x * spec.scale for x in s.stats[spec.key])
+            ci = (
+                f" [{_num(low, spec.digits)}, {_num(high, spec.digits)}]"
+                if math.isfinite(low)
+                else ""
+            )
+            row.append(_num(mean, spec.digits) + ci)
+        row.append(_num(100 * s.empty_share, 0) + "%")
+        if s.sanity_pass is None:
+            row.append("not run")
+        else:
+            row.append(f"{_num(s.sanity_final, 2)} ({'pass' if s.sanity_pass else 'fail'})")
         rows.append(row)
     return header, rows
 
@@ -627,7 +666,11 @@ def _definitions(data: ReportData) -> list[str]:
         f"{_num(100 * t.spread_min_excess, 0)} points more than every other non-empty map's.",
         f"- Off the shared region: top-20% IoU < {t.off_region_iou} with every other non-empty "
         f"map while those reach ≥ {t.shared_region_iou} with each other.",
-        "- Significance: the 95% Student-t interval of the paired per-image difference excludes 0.",
+        f"- Most faithful per image: lowest deletion / highest insertion AUC, named only when it "
+        f"beats every other map by at least {t.auc_margin}.",
+        "- Significance: the 95% Student-t interval of the paired per-image difference excludes 0 "
+        "(intervals are t intervals, also for the 0/1 Increase outcome, so they can reach past "
+        "0% or 100%).",
         f"- Sanity check (Adebayo et al., NeurIPS 2018, arXiv:1810.03292): blocks re-initialised "
         f"cumulatively from the output side; Spearman rank correlation between the trained "
         f"model's map and the randomised model's map per image; pass = mean |Spearman| after the "
@@ -640,10 +683,12 @@ def render_markdown(data: ReportData) -> str:
     lines = [f"# {data.title}", ""]
     lines += [f"- {k}: {v}" for k, v in _run_facts(data)]
     lines += ["", "## Definitions and thresholds", "", *_definitions(data), ""]
-    header, rows = summary_table(data)
-    lines += ["## Summary", "", "| " + " | ".join(header) + " |"]
-    lines.append("|" + "---|" * len(header))
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    header, rows = _display_summary(data)
+    lines += ["## Summary", "", "Means with 95% Student-t intervals.", ""]
+    for k, row in enumerate([header, *rows]):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+        if k == 0:
+            lines.append("|" + "---|" * len(header))
     lines += ["", "## Images", ""]
     for i, img in enumerate(data.images):
         lines.append(f"### `{_md(img.name)}`")
@@ -746,13 +791,13 @@ def render_html(data: ReportData) -> str:
         "</table>",
         "<h2>Summary</h2>",
     ]
-    header, rows = summary_table(data)
+    header, rows = _display_summary(data)
+    parts.append("<p>Means with 95% Student-t intervals.</p>")
     parts.append("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>")
     for row in rows:
-        cells = []
-        for h, c in zip(header, row, strict=True):
-            cls = f' class="{c}"' if h == "sanity_pass" and c in ("pass", "fail") else ""
-            cells.append(f"<td{cls}>{_e(c)}</td>")
+        verdict = re.search(r"\((pass|fail)\)$", row[-1])
+        cls = f' class="{verdict.group(1)}"' if verdict else ""
+        cells = [f"<td>{_e(c)}</td>" for c in row[:-1]] + [f"<td{cls}>{_e(row[-1])}</td>"]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</table>")
     parts.append("<h2>Definitions and thresholds</h2><ul>")

@@ -96,10 +96,27 @@ def test_image_findings_follow_the_numbers():
     assert "The top-20% region of ScoreCAM is off the region the others share" in f1
     assert "Most faithful by insertion (highest AUC): AblationCAM with 0.900" in f1
 
+
+def test_close_aucs_are_not_ranked():
+    data = scenario()
+    data.values["scorecam"]["deletion_auc"][1] = 0.195  # within 0.01 of Grad-CAM's 0.2
+    data.values["ablationcam"]["deletion_auc"][1] = 0.5
+    f1 = " ".join(R.image_findings(data, 1))
+    assert (
+        "By deletion (lowest AUC) no single map is clearly most faithful: Grad-CAM (0.200) and "
+        "ScoreCAM (0.195) lie within 0.01 of the best; AblationCAM 0.500." in f1
+    )
+    data.values["scorecam"]["deletion_auc"][1] = 0.18
+    assert "Most faithful by deletion (lowest AUC): ScoreCAM with 0.180" in " ".join(
+        R.image_findings(data, 1)
+    )
+
     f2 = " ".join(R.image_findings(data, 2))
     assert "which is wrong: the ground truth is class 7" in f2
     assert "spread" not in f2 and "off the region" not in f2
-    assert "tied" in f2  # all three deletion AUCs are 0.3
+    # all three deletion AUCs are 0.3: nobody is named most faithful by deletion
+    assert "By deletion (lowest AUC) no single map is clearly most faithful" in f2
+    assert "Most faithful by deletion" not in f2
 
 
 def test_thresholds_are_respected_and_stated():
@@ -179,7 +196,7 @@ def test_summary_table_matches_mean_ci():
     data = _ranking_data()
     data.sanity = {
         "gradcam": [M.SanityStep.from_values("fc", torch.tensor([0.1, -0.2]), 2, 2)],
-        "scorecam": [M.SanityStep.from_values("fc", torch.tensor([0.9, 0.95]), 2, 2)],
+        "scorecam": [M.SanityStep.from_values("fc", torch.tensor([0.9, 0.96]), 2, 2)],
     }
     data.sanity_images = 2
     header, rows = R.summary_table(data)
@@ -198,6 +215,10 @@ def test_summary_table_matches_mean_ci():
     md = R.render_markdown(data)
     assert "Grad-CAM: after randomising only fc" in md and "passes" in md
     assert "ScoreCAM: after randomising only fc" in md and "fails" in md
+    g_mean, g_lo, g_hi = (100 * x for x in M.mean_ci(data.values["gradcam"]["average_drop"]))
+    assert f"| Grad-CAM | 12 | {g_mean:.1f} [{g_lo:.1f}, {g_hi:.1f}] |" in md
+    assert "Sanity: final mean \\|Spearman\\| |" in md  # pipes escaped in the table
+    assert "| 0.15 (pass) |" in md and "| 0.93 (fail) |" in md and "| not run |" in md
 
 
 def test_plots_are_labelled():
