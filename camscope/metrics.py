@@ -305,7 +305,6 @@ def _perturbation_curves(
     per_image = k_hi - k_lo + 1
     curves = torch.empty(n, steps + 1, dtype=torch.float32, device=device)
     if per_image > 0:
-        targets = targets.to(device)
 
         def make(j: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             i = torch.div(j, per_image, rounding_mode="floor")
@@ -592,8 +591,13 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: torch's norms (and subclasses such as timm's BatchNormAct2d) or
+    a leaf whose class name ends like one (``LayerNorm2d``, ``RmsNorm``, ``FrozenBatchNorm2d``)."""
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-    return isinstance(module, norms) or "norm" in type(module).__name__.lower()
+    if isinstance(module, norms):
+        return True
+    leaf = not any(_has_params(c) for c in module.children())
+    return leaf and re.search(r"Norm(Act)?(\d+d)?$", type(module).__name__) is not None
 
 
 def randomization_blocks(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
@@ -609,13 +613,15 @@ def randomization_blocks(model: nn.Module, example_input: torch.Tensor | None = 
     3. The last of them is the classifier head and stays one block. The last *container*
        (Sequential/ModuleList/ModuleDict) before it - the one whose output feeds the head -
        is expanded into its parameterised children; earlier containers stay whole.
-    4. A normalisation layer is merged into the block before it ("conv1+bn1").
+    4. A normalisation layer (other than the head) is merged into the block before it
+       ("conv1+bn1").
     5. Reverse, so the output side comes first.
 
     torchvision ResNet-50 -> ``fc, layer4.2, layer4.1, layer4.0, layer3, layer2, layer1,
     conv1+bn1``; timm EfficientNet -> ``classifier, conv_head+bn2, blocks.6, ..., blocks.0,
     conv_stem+bn1``. Names are dotted paths from ``model``; a block of several modules joins
-    them with ``+``.
+    them with ``+``. Parameters held by the root itself (e.g. a ViT's ``pos_embed``) belong to
+    no block and are never randomised.
     """
     prefix, root = "", model
     while True:
@@ -664,8 +670,8 @@ def randomization_blocks(model: nn.Module, example_input: torch.Tensor | None = 
         top[i : i + 1] = ordered(module, f"{name}.")
 
     groups: list[list[str]] = []
-    for name, module in top:
-        if groups and _is_norm(module):
+    for k, (name, module) in enumerate(top):
+        if groups and k < len(top) - 1 and _is_norm(module):
             groups[-1].append(name)
         else:
             groups.append([name])
