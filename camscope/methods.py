@@ -182,7 +182,9 @@ class BaseCAM:
             raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
         if torch.is_inference_mode_enabled():
             raise RuntimeError("CAMs cannot be computed inside torch.inference_mode()")
-        inputs = inputs.detach()
+        # An inference tensor (made under torch.inference_mode) cannot be saved for backward,
+        # which Grad-CAM through the hook fallback needs: use a normal copy.
+        inputs = inputs.detach().clone() if inputs.is_inference() else inputs.detach()
         with torch.no_grad():
             activations, cache = self._features(inputs)
             if activations.dim() != 4:
@@ -421,7 +423,10 @@ def _resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     if isinstance(targets, int):
         result = torch.full((n,), targets, dtype=torch.long, device=logits.device)
     else:
-        result = torch.as_tensor(targets, dtype=torch.long).flatten().to(logits.device)
+        result = torch.as_tensor(targets, dtype=torch.long).to(logits.device)
+        if result.dim() == 0:  # a 0-d tensor or NumPy integer: one class for all, like an int
+            result = result.expand(n).clone()
+        result = result.flatten()
         if len(result) != n:
             raise ValueError(f"got {len(result)} targets for a batch of {n} images")
     if len(result) and (int(result.min()) < 0 or int(result.max()) >= num_classes):

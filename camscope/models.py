@@ -442,7 +442,8 @@ def default_layer(model: nn.Module) -> str:
 
     ResNet-like models (a ``layer4`` container) get its last block; timm EfficientNet/MobileNet
     style models get ``bn2`` (conv head + BN + activation); other models get the last module,
-    in forward order, whose output is a 4-D feature map (found with a dummy forward pass).
+    in forward order, whose output is a 4-D feature map with more than one position (found with
+    a dummy forward pass; a global pool's (N, C, 1, 1) output would give a constant map).
     """
     modules = dict(model.named_modules())
     if "layer4" in modules and len(modules["layer4"]._modules) > 0:
@@ -454,7 +455,7 @@ def default_layer(model: nn.Module) -> str:
         module.register_forward_hook(
             lambda _m, _i, out, name=name: (
                 calls.append((name, out))
-                if isinstance(out, torch.Tensor) and out.dim() == 4
+                if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:].numel() > 1
                 else None
             )
         )
@@ -464,13 +465,16 @@ def default_layer(model: nn.Module) -> str:
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else None
         with torch.no_grad():
-            model(torch.zeros(1, 3, 224, 224, device=device))
+            model(torch.zeros(1, 3, 224, 224, device=device, dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()
     if not calls:
-        raise LayerError("no module of the model outputs a 4-D feature map; pass --layer")
+        raise LayerError(
+            "no module of the model outputs a 4-D feature map larger than 1x1; pass --layer"
+        )
     last = calls[-1][1]
     # Among the modules that returned the very same tensor, take the outermost one.
     same = [name for name, out in calls if out is last]
@@ -478,7 +482,7 @@ def default_layer(model: nn.Module) -> str:
 
 
 def parse_target(spec: str | int, categories: list[str]) -> int:
-    """A class index, or a class name (case-insensitive, exact or unique prefix), as an index."""
+    """A class index, or a class name (case-insensitive, exact or unique substring), as an index."""
     if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
         index = int(spec)
         if not 0 <= index < len(categories):

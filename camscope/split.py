@@ -154,7 +154,10 @@ class FxSplit(FeatureRunner):
         return activations, tuple(cache)
 
     def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.tail(activations, *cache)
+        # The tail may start with an in-place op on the layer's output (ResNet's
+        # ``ReLU(inplace=True)`` after ``bn1``): give it a copy, so the caller's activations stay
+        # intact and a leaf that requires grad (Grad-CAM) is never written in place.
+        return self.tail(activations.clone(), *cache)
 
 
 class HookRunner(FeatureRunner):
@@ -175,7 +178,8 @@ class HookRunner(FeatureRunner):
         captured: list[torch.Tensor] = []
 
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-            captured.append(out)
+            # A copy: an in-place op after the layer would otherwise change what we captured.
+            captured.append(out.clone() if isinstance(out, torch.Tensor) else out)
 
         handle = self.module.register_forward_hook(hook)
         try:
@@ -190,7 +194,7 @@ class HookRunner(FeatureRunner):
         (inputs,) = cache
 
         def hook(_m: nn.Module, _i: object, _out: torch.Tensor) -> torch.Tensor:
-            return activations
+            return activations.clone()  # in-place ops after the layer must not touch ours
 
         handle = self.module.register_forward_hook(hook)
         try:
