@@ -84,6 +84,7 @@ def _run(
             Path(out),
             device=str(kwargs.get("device", "cpu")).replace("auto", _auto_device()),
             progress=not quiet and sys.stderr.isatty(),
+            loaded_model=result.model,
             **evaluate_kwargs,  # type: ignore[arg-type]
         )
         if not quiet:

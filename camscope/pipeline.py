@@ -67,6 +67,7 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     grids: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model: LoadedModel | None = None
 
     @property
     def ok(self) -> bool:
@@ -361,7 +362,7 @@ def explain(
             "argv": list(argv) if argv is not None else None,
         },
     )
-    return RunResult(out, n_done, methods, seconds, failures, grids, notes)
+    return RunResult(out, n_done, methods, seconds, failures, grids, notes, loaded)
 
 
 def _one_line(exc: BaseException) -> str:
