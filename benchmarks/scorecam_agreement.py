@@ -1,0 +1,98 @@
+"""ScoreCAM fast modes against the exact float32 map on real images.
+
+For each image: the exact fp32 ScoreCAM map and the map of each fast mode (``bf16``, ``fp16``
+autocast; ``kNNN`` = ``max_channels=NNN``), their Pearson r, max abs difference, time, and the
+share of constant channels at the layer. Prints per-mode min / mean / max and writes a CSV.
+
+    python benchmarks/scorecam_agreement.py IMAGES_DIR --n 100 --modes bf16,k128,k256 \
+        --device cuda --csv out.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from camscope.imageio import collect_inputs, load_image, preprocess  # noqa: E402
+from camscope.methods import ScoreCAM  # noqa: E402
+from camscope.models import load_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images")
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--modes", default="bf16,k128,k256")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--csv", default=None)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    loaded = load_model(args.model, device=device)
+    paths, _ = collect_inputs([args.images])
+    paths = paths[: args.n]
+    x = torch.stack(
+        [preprocess(load_image(p), mean=loaded.mean, std=loaded.std)[1] for p in paths]
+    ).to(device)
+    modes = [m for m in args.modes.split(",") if m]
+    cams = {"fp32": ScoreCAM(loaded.model, loaded.default_layer)}
+    for mode in modes:
+        if mode.startswith("k"):
+            cams[mode] = ScoreCAM(loaded.model, loaded.default_layer, max_channels=int(mode[1:]))
+        else:
+            cams[mode] = ScoreCAM(loaded.model, loaded.default_layer, precision=mode)
+    maps: dict[str, list[torch.Tensor]] = {m: [] for m in cams}
+    seconds = dict.fromkeys(cams, 0.0)
+    constant_share: list[float] = []
+    for start in range(0, len(x), args.batch):
+        batch = x[start : start + args.batch]
+        for mode, cam in cams.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            result = cam.explain(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[mode] += time.perf_counter() - t0
+            maps[mode].append(result.maps.cpu())
+            if mode == "fp32":
+                constant_share.append(result.info["constant_channels"] / result.info["channels"])
+    exact = torch.cat(maps["fp32"]).double().flatten(1)
+    rows = []
+    print(
+        f"# {args.model} {loaded.default_layer} on {len(paths)} images, device {device}, "
+        f"constant channels {100 * np.mean(constant_share):.1f}% "
+        f"(batches: min {100 * min(constant_share):.1f}%, max {100 * max(constant_share):.1f}%)"
+    )
+    print(f"fp32: {seconds['fp32'] / len(paths):.3f} s/image")
+    for mode in modes:
+        other = torch.cat(maps[mode]).double().flatten(1)
+        a = exact - exact.mean(1, keepdim=True)
+        b = other - other.mean(1, keepdim=True)
+        r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
+        maxabs = (exact - other).abs().amax(1)
+        print(
+            f"{mode}: {seconds[mode] / len(paths):.3f} s/image, speed-up "
+            f"{seconds['fp32'] / seconds[mode]:.2f}x; Pearson r vs fp32 min {r.min():.4f} "
+            f"mean {r.mean():.4f} max {r.max():.4f}; max abs diff max {maxabs.max():.4f}"
+        )
+        rows += [[p.name, mode, float(r[i]), float(maxabs[i])] for i, p in enumerate(paths)]
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "mode", "pearson_vs_fp32", "maxabs_vs_fp32"])
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
