@@ -47,7 +47,7 @@ class InferenceEngine:
         *,
         precision: Precision = "fp32",
         jit: bool | None = None,
-        min_passes: int = 256,
+        min_passes: int = 128,
     ) -> None:
         if precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"unknown precision '{precision}' (fp32, bf16, fp16)")
