@@ -5,7 +5,7 @@ seconds per image for each method, the speed-up, and the agreement of the maps (
 never bought with a different answer):
 
 * ``raw``: camscope's feature-resolution map put through pytorch-grad-cam's own
-  post-processing (min-max, then resize) against pytorch-grad-cam's output — same formula,
+  post-processing (min-max, resize, min-max again) against pytorch-grad-cam's output — same formula,
   same post-processing, so the max abs difference should be ~1e-6;
 * ``final``: camscope's final map (resize, then min-max) against pytorch-grad-cam's output.
 
@@ -87,7 +87,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def pgc_postprocess(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     from pytorch_grad_cam.utils.image import scale_cam_image
 
-    return scale_cam_image(raw.detach().cpu().numpy().astype(np.float32), size)
+    # pytorch-grad-cam 1.5 scales twice: per layer (min-max, resize), then once more after
+    # aggregating the layers (min-max of the resized map)
+    return scale_cam_image(scale_cam_image(raw.detach().cpu().numpy().astype(np.float32), size))
 
 
 def main() -> None:
