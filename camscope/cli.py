@@ -225,7 +225,7 @@ def run(
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--metrics/--no-metrics",
-    default=True,
+    default=False,
     show_default=True,
     help="Also measure faithfulness and write the report.",
 )
