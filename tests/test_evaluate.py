@@ -25,13 +25,7 @@ SIZE = 32
 METHODS = ["gradcam", "ablationcam", "scorecam"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than with OpenMP sync on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class TinyNet(nn.Module):
