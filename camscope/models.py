@@ -128,7 +128,7 @@ def _read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure becomes one clear line
-        raise ModelError(f"{path}: cannot read weights ({_one_line(exc)})") from exc
+        raise ModelError(f"{path}: cannot read weights ({one_line(exc)})") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -143,11 +143,12 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{source}: weights do not fit the model ({_one_line(exc)})") from exc
+        raise ModelError(f"{source}: weights do not fit the model ({one_line(exc)})") from exc
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters (its type name if it says nothing)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -212,7 +213,7 @@ def _load_torchvision(
         except Exception as exc:  # noqa: BLE001 - network, disk or hash failures alike
             raise WeightsUnavailableError(
                 f"{name} ImageNet weights ({weights.name}) are not in the torch hub cache "
-                f"({cache}) and could not be downloaded ({_one_line(exc)}); connect to the "
+                f"({cache}) and could not be downloaded ({one_line(exc)}); connect to the "
                 f"network once, or pass --weights FILE (a {name} state dict, .pth or "
                 f".safetensors), or use the bundled offline model with --model {BUNDLED_MODEL}"
             ) from exc
@@ -288,7 +289,7 @@ def _load_timm(name: str, weights_file: str | None, notes: list[str]) -> LoadedM
             model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - hub/network failures alike
             raise WeightsUnavailableError(
-                f"{name}: timm's pretrained weights could not be loaded ({_one_line(exc)}); "
+                f"{name}: timm's pretrained weights could not be loaded ({one_line(exc)}); "
                 f"pass --weights FILE or use --model {BUNDLED_MODEL}"
             ) from exc
         source = f"timm pretrained ({model.pretrained_cfg.get('hf_hub_id') or name})"
@@ -342,7 +343,7 @@ def load_model(
             cause = exc.__cause__ or exc
             _warn(
                 f"{DEFAULT_MODEL} ImageNet weights are not cached and could not be downloaded "
-                f"({_one_line(cause)}); using the bundled {BUNDLED_MODEL} instead "
+                f"({one_line(cause)}); using the bundled {BUNDLED_MODEL} instead "
                 f"(--model {DEFAULT_MODEL} --weights FILE uses ResNet-50)",
                 notes,
             )

@@ -30,7 +30,7 @@ from camscope.imageio import (
     write_json,
 )
 from camscope.methods import METHODS, BaseCAM, CAMResult, ScoreCAM
-from camscope.models import LoadedModel, load_model, parse_target, resolve_layer
+from camscope.models import LoadedModel, load_model, one_line, parse_target, resolve_layer
 from camscope.visualize import GridRow, overlay, save_grid
 
 __all__ = ["DEFAULT_METHODS", "Failure", "RunResult", "UsageError", "explain", "pick_device"]
@@ -238,7 +238,7 @@ def explain(
                 results[method] = cam.explain(x, target_index)
             except (RuntimeError, ValueError) as exc:
                 for path, _, _ in batch:
-                    failures.append(Failure(str(path), _one_line(exc), method))
+                    failures.append(Failure(str(path), one_line(exc), method))
                     say(f"camscope: error: {failures[-1].line()}")
             if torch_device.type == "cuda":
                 torch.cuda.synchronize(torch_device)
@@ -363,11 +363,6 @@ def explain(
         },
     )
     return RunResult(out, n_done, methods, seconds, failures, grids, notes, loaded)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _version() -> str:
