@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camscope.engine import InferenceEngine, Precision
+from camscope.engine import Backend, InferenceEngine, Precision
 from camscope.models import resolve_layer
 from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
@@ -92,6 +92,7 @@ def normalise_maps(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tens
 
 
 CPU_CHUNK_BYTES = 1 << 30
+ABLATION_CPU_BATCH_BYTES = 32 << 20
 
 
 def _default_chunk(device: torch.device, bytes_per_item: int) -> int:
@@ -251,7 +252,10 @@ class AblationCAM(BaseCAM):
 
     with :math:`y^c` the logit of class c and :math:`y^c_k` the logit with channel k of A set to
     zero. A is computed once; only the network after the layer is re-run, on chunks of ablated
-    activations (``chunk_size`` ablations at a time, chosen from the device's memory if None).
+    activations (``chunk_size`` ablations at a time; if None, chosen from the device's memory,
+    and on the CPU capped so that one ablated batch is at most `ABLATION_CPU_BATCH_BYTES`,
+    32 MiB: EfficientNet-Lite0 ``bn2`` 0.20 s/image at 128 ablations per batch against 0.38 s
+    at 256, measured on the 2-core development CPU).
     """
 
     name = "ablationcam"
@@ -264,8 +268,12 @@ class AblationCAM(BaseCAM):
 
     def weights(self, inputs, activations, cache, logits, targets):  # noqa: D102
         n, channels = activations.shape[:2]
-        item_bytes = activations[0].numel() * activations.element_size() * 16
-        chunk = min(self.chunk_size or _default_chunk(activations.device, item_bytes), channels)
+        act_bytes = activations[0].numel() * activations.element_size()
+        chunk = self.chunk_size or _default_chunk(activations.device, act_bytes * 16)
+        if self.chunk_size is None and activations.device.type == "cpu":
+            # the tail is cheap; what costs is copying the ablated batch: keep it in cache
+            chunk = min(chunk, max(1, ABLATION_CPU_BATCH_BYTES // act_bytes))
+        chunk = min(chunk, channels)
         weights = torch.empty(n, channels, device=activations.device)
         with torch.no_grad():
             for i in range(n):
@@ -291,6 +299,8 @@ class ScoreCAM(BaseCAM):
         L   = ReLU(sum_k s_k A_k)
 
     A channel whose map is constant has no mask; it gets s_k = 0 and is not run through the model.
+    Channels whose masks are equal (maps equal after min-max normalisation — common after a
+    clipping activation such as ReLU6) are run once and share the score.
 
     ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5's weights:
     ``w = softmax_k(f(x * M_k)_c)``, a softmax *across channels* of the raw logits, with masks
@@ -306,10 +316,13 @@ class ScoreCAM(BaseCAM):
         max_channels: if set, only the K non-constant channels with the highest activation
             variance are scored ("Faster Score-CAM"); the others get weight 0.
         chunk_size: masked images per forward pass; None chooses from the device's memory.
-        jit: on the CPU in fp32, run the masked passes through a frozen TorchScript trace
-            (exact to ~1e-6, 1.7-3x faster); None decides by the number of passes. See
+        jit: on the CPU in fp32, run the masked passes through a compiled copy of the model
+            (ONNX Runtime or a frozen TorchScript trace; exact to ~1e-5, 1.3-6x faster than
+            eager); None decides by the number of passes, False always runs eagerly. See
             `camscope.engine.InferenceEngine`. The engine snapshots the model's weights on first
             use: make a new ScoreCAM after changing the model.
+        backend: the engine's backend (``"auto"``, ``"onnxruntime"``, ``"torchscript"``,
+            ``"eager"``); see `camscope.engine.InferenceEngine`.
     """
 
     name = "scorecam"
@@ -325,6 +338,7 @@ class ScoreCAM(BaseCAM):
         max_channels: int | None = None,
         chunk_size: int | None = None,
         jit: bool | None = None,
+        backend: Backend = "auto",
     ) -> None:
         super().__init__(model, layer)
         if variant not in ("reference", "pytorch-grad-cam"):
@@ -335,13 +349,16 @@ class ScoreCAM(BaseCAM):
         self.precision = precision
         self.max_channels = max_channels
         self.chunk_size = chunk_size
-        self.engine = InferenceEngine(model, precision=precision, jit=jit)
+        self.engine = InferenceEngine(model, precision=precision, jit=jit, backend=backend)
 
     def close(self) -> None:
         """Release the split graphs and the inference engine's compiled copy."""
         super().close()
         self.engine = InferenceEngine(
-            self.model, precision=self.engine.precision, jit=self.engine.jit
+            self.model,
+            precision=self.engine.precision,
+            jit=self.engine.jit,
+            backend=self.engine.backend,
         )
 
     def _masks(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -362,6 +379,25 @@ class ScoreCAM(BaseCAM):
             active = active[top.sort().values]
         return active
 
+    def _distinct(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(k, h*w) maps -> (first index of each distinct mask, index of each map's mask)."""
+        if len(maps) == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=maps.device)
+            return empty, empty
+        key = maps
+        if self.variant == "reference":
+            low = maps.amin(dim=1, keepdim=True)
+            key = (maps - low) / (maps.amax(dim=1, keepdim=True) - low)
+        _, inverse = torch.unique(key, dim=0, return_inverse=True)
+        index = torch.arange(len(maps), device=maps.device)
+        first = torch.full((int(inverse.max()) + 1,), len(maps), device=maps.device)
+        first = first.scatter_reduce(0, inverse, index, "amin")
+        # number the distinct masks in channel order
+        order = first.argsort()
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=maps.device)
+        return first[order], rank[inverse]
+
     def weights(self, inputs, activations, cache, logits, targets):  # noqa: D102
         n, channels = activations.shape[:2]
         size = tuple(inputs.shape[-2:])
@@ -373,19 +409,26 @@ class ScoreCAM(BaseCAM):
         expected = sum(len(a) for a in selected)
         self.engine.prepare(inputs[:1].expand(min(chunk, max(expected, 1)), -1, -1, -1), expected)
         weights = torch.zeros(n, channels, device=device)
-        run = 0
+        run = duplicates = 0
         with torch.no_grad():
             for i in range(n):
                 active, c = selected[i], targets[i]
+                # channels with the same mask are run once: equal maps after min-max
+                # normalisation (reference: upsampling and min-max commute with a positive
+                # affine change of the map) or equal raw maps (pytorch-grad-cam's +1e-8)
+                distinct, inverse = self._distinct(flat[i, active])
+                duplicates += len(active) - len(distinct)
                 scores = torch.zeros(channels, device=device)
-                for start in range(0, len(active), chunk):
-                    ks = active[start : start + chunk]
+                distinct_scores = torch.empty(len(distinct), device=device)
+                for start in range(0, len(distinct), chunk):
+                    ks = active[distinct[start : start + chunk]]
                     masks = self._masks(activations[i, ks], size)  # type: ignore[arg-type]
                     out = self.engine(inputs[i : i + 1] * masks)
-                    scores[ks] = (
+                    distinct_scores[start : start + len(ks)] = (
                         out.softmax(dim=1)[:, c] if self.variant == "reference" else out[:, c]
                     )
-                run += len(active)
+                scores[active] = distinct_scores[inverse]
+                run += len(distinct)
                 if self.variant == "reference":
                     weights[i] = scores
                     continue
@@ -402,6 +445,7 @@ class ScoreCAM(BaseCAM):
         return weights, {
             "channels_run": float(run),
             "constant_channels": float(constant.sum()),
+            "duplicate_channels": float(duplicates),
             "channels": float(n * channels),
         }
 

@@ -566,6 +566,29 @@ def test_scorecam_matches_loop_reference(constant_model, tiny_inputs, variant):
         assert torch.isfinite(tensor).all()
 
 
+@pytest.mark.parametrize("variant", ["reference", "pytorch-grad-cam"])
+def test_scorecam_runs_each_distinct_mask_once(constant_model, tiny_inputs, variant):
+    with torch.no_grad():  # channel 5 = 2 x channel 4 (same normalised map), 6 = channel 4
+        w, b = constant_model.conv1.weight, constant_model.conv1.bias
+        w[5], b[5] = 2 * w[4], 2 * b[4]
+        w[6], b[6] = w[4], b[4]
+    targets = [1, 2, 4]
+    acts, _ = capture(constant_model, "act1", tiny_inputs)
+    assert torch.equal(acts[:, 5], 2 * acts[:, 4]) and torch.equal(acts[:, 6], acts[:, 4])
+    expected, ref_w = scorecam_reference(constant_model, "act1", tiny_inputs, targets, variant)
+    result = ScoreCAM(constant_model, "act1", variant=variant, chunk_size=3).explain(
+        tiny_inputs, targets
+    )
+    assert (result.weights.double() - ref_w).abs().max() <= TOL
+    assert (result.maps - expected).abs().max() <= TOL
+    assert torch.equal(result.weights[:, 6], result.weights[:, 4])
+    shared = 2 if variant == "reference" else 1
+    assert result.info["duplicate_channels"] == 3 * shared
+    constant = 3 * 3
+    extra = 3 if variant == "pytorch-grad-cam" else 0  # the all-zero input, once per image
+    assert result.info["channels_run"] == 3 * 10 - constant - 3 * shared + extra
+
+
 def test_scorecam_all_constant_layer_gives_empty_maps_without_nan(constant_model, tiny_inputs):
     with torch.no_grad():
         constant_model.conv1.weight.zero_()  # every channel of act1 is now constant
@@ -647,7 +670,7 @@ def test_scorecam_jit_engine_same_maps_and_model_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cam = ScoreCAM(model, "act2", jit=True)
     on = cam.explain(x)
-    assert cam.engine.kind == "torchscript frozen fp32"
+    assert cam.engine.kind == "onnxruntime fp32"
     off_cam = ScoreCAM(model, "act2", jit=False)
     off = off_cam.explain(x)
     assert off_cam.engine.kind == "eager fp32"
