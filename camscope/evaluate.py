@@ -253,7 +253,8 @@ def evaluate_run(
         )
 
     # ---- faithfulness (p_c(x) once for all methods)
-    t0 = time.perf_counter()
+    t_start = t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
     # thousands of perturbed inputs: the fastest exact inference path for the device
     engine = InferenceEngine(model)
     engine.prepare(inputs[: min(batch_size, n)], expected_passes=n * (2 * steps + 2))
@@ -275,7 +276,8 @@ def evaluate_run(
             batch_size=batch_size,
             base_prob=base[idx],
         )
-    _log(progress, f"faithfulness done in {time.perf_counter() - t0:.1f} s ({engine.kind})")
+    seconds["faithfulness"] = time.perf_counter() - t0
+    _log(progress, f"faithfulness done in {seconds['faithfulness']:.1f} s ({engine.kind})")
 
     values = {m: _values(n, rows[m], maps[m], results.get(m)) for m in methods}
 
@@ -310,7 +312,8 @@ def evaluate_run(
             except Exception as exc:  # noqa: BLE001 - report the failure, keep the metrics
                 notes.append(f"sanity check of {m} failed: {type(exc).__name__}: {exc}")
                 continue
-            _log(progress, f"sanity check of {m} done in {time.perf_counter() - t0:.1f} s")
+            seconds[f"sanity_{m}"] = time.perf_counter() - t0
+            _log(progress, f"sanity check of {m} done in {seconds[f'sanity_{m}']:.1f} s")
         if "scorecam" in sanity:
             sanity_notes.append(
                 f"ScoreCAM in the sanity check scores only its {SANITY_SCORECAM_MAX_CHANNELS} "
@@ -334,6 +337,25 @@ def evaluate_run(
     for note in notes:
         _log(progress, note)
     files = _write_outputs(run_dir, data, results, rows, agreement, pair_rows, names)
+    seconds["total"] = time.perf_counter() - t_start
+    files["evaluation.json"] = run_dir / "evaluation.json"
+    imageio.write_json(
+        files["evaluation.json"],
+        {
+            "images": n,
+            "methods": methods,
+            "steps": steps,
+            "batch_size": batch_size,
+            "sanity_images": k,
+            "sanity_scorecam_max_channels": SANITY_SCORECAM_MAX_CHANNELS,
+            "engine": engine.kind,
+            "engine_note": engine.note or None,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "seconds": {key: round(v, 2) for key, v in seconds.items()},
+            "notes": notes,
+        },
+    )
     _log(progress, f"wrote {', '.join(p.name for p in files.values())}")
     return EvaluationResult(
         run_dir=run_dir,

@@ -346,6 +346,9 @@ def explain(
             "scorecam_variant": scorecam_variant,
             "precision": precision,
             "max_channels": max_channels,
+            "scorecam_engine": cams["scorecam"].engine.kind  # type: ignore[attr-defined]
+            if "scorecam" in cams
+            else None,
             "batch_size": batch_size,
             "image_size": list(loaded.input_size),
             "mean": list(loaded.mean),
