@@ -316,6 +316,11 @@ def explain(
     finally:
         if bar is not None:
             bar.close()
+        scorecam_engine = (
+            cams["scorecam"].engine.kind  # type: ignore[attr-defined]
+            if "scorecam" in cams and n_done
+            else None
+        )
         for cam in cams.values():
             cam.close()
 
@@ -346,9 +351,7 @@ def explain(
             "scorecam_variant": scorecam_variant,
             "precision": precision,
             "max_channels": max_channels,
-            "scorecam_engine": cams["scorecam"].engine.kind  # type: ignore[attr-defined]
-            if "scorecam" in cams
-            else None,
+            "scorecam_engine": scorecam_engine,
             "batch_size": batch_size,
             "image_size": list(loaded.input_size),
             "mean": list(loaded.mean),

@@ -103,6 +103,7 @@ def test_layout_and_values(cli_run):
     assert len(run["failures"]) == 4
     assert set(run["seconds_per_method"]) == {"gradcam", "ablationcam", "scorecam"}
     assert run["max_channels"] == 8
+    assert run["scorecam_engine"] == "eager fp32"  # 4 x 8 masked passes: not worth compiling
     assert not list(out.rglob("*.tmp"))  # nothing half-written
 
 
