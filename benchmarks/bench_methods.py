@@ -62,9 +62,12 @@ def load_input(path: str | None, mean, std, device) -> torch.Tensor:
     return tensor[None].to(device)
 
 
+WARMUP = True
+
+
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    out = fn()
+    """Median seconds of ``repeats`` calls after one warm-up call (unless ``--no-warmup``)."""
+    out = fn() if WARMUP else None
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -119,7 +122,14 @@ def main() -> None:
         help="ScoreCAM variants to time (pytorch-grad-cam is the one compared with pgc)",
     )
     parser.add_argument("--json", default=None, help="append the results as one JSON line")
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="time camscope's first call too (one-off set-up such as the engine build included)",
+    )
     args = parser.parse_args()
+    global WARMUP
+    WARMUP = not args.no_warmup
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

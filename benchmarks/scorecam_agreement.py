@@ -6,12 +6,17 @@ share of constant channels at the layer. Prints per-mode min / mean / max and wr
 
     python benchmarks/scorecam_agreement.py IMAGES_DIR --n 100 --modes bf16,k128,k256 \
         --device cuda --csv out.csv
+
+``--exact-run RUN_DIR`` takes the exact maps (and the exact seconds per image) from a finished
+``camscope run`` over the same images with the default ScoreCAM (fp32, reference, all channels)
+instead of recomputing them.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -31,21 +36,23 @@ def main() -> None:
     parser.add_argument("images")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--every", type=int, default=1, help="take every N-th image")
     parser.add_argument("--modes", default="bf16,k128,k256")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--csv", default=None)
+    parser.add_argument("--exact-run", default=None, help="camscope run folder with exact maps")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     loaded = load_model(args.model, device=device)
     paths, _ = collect_inputs([args.images])
-    paths = paths[: args.n]
+    paths = paths[:: args.every][: args.n]
     x = torch.stack(
         [preprocess(load_image(p), mean=loaded.mean, std=loaded.std)[1] for p in paths]
     ).to(device)
     modes = [m for m in args.modes.split(",") if m]
-    cams = {"fp32": ScoreCAM(loaded.model, loaded.default_layer)}
+    cams = {} if args.exact_run else {"fp32": ScoreCAM(loaded.model, loaded.default_layer)}
     for mode in modes:
         if mode.startswith("k"):
             cams[mode] = ScoreCAM(loaded.model, loaded.default_layer, max_channels=int(mode[1:]))
@@ -67,6 +74,26 @@ def main() -> None:
             maps[mode].append(result.maps.cpu())
             if mode == "fp32":
                 constant_share.append(result.info["constant_channels"] / result.info["channels"])
+    if args.exact_run:
+        run_dir = Path(args.exact_run)
+        run = json.loads((run_dir / "run.json").read_text())
+        if (run["precision"], run["scorecam_variant"], run["max_channels"]) != (
+            "fp32",
+            "reference",
+            None,
+        ):
+            raise SystemExit(f"{run_dir}: not an exact default ScoreCAM run")
+        with (run_dir / "predictions.csv").open(newline="") as fh:
+            names = {Path(r["file"]).resolve(): r["name"] for r in csv.DictReader(fh)}
+        exact_maps = [
+            torch.from_numpy(np.load(run_dir / "scorecam" / f"{names[Path(p).resolve()]}.npy"))
+            for p in paths
+        ]
+        maps["fp32"] = [torch.stack(exact_maps)]
+        seconds["fp32"] = run["seconds_per_image"]["scorecam"] * len(paths)
+        channels = run["method_counters"]["scorecam"]
+        constant_share = [channels["constant_channels"] / channels["channels"]]
+        print(f"# exact maps and seconds from {run_dir} (a separate process, back to back)")
     exact = torch.cat(maps["fp32"]).double().flatten(1)
     rows = []
     print(

@@ -305,9 +305,10 @@ class ScoreCAM(BaseCAM):
     ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5's weights:
     ``w = softmax_k(f(x * M_k)_c)``, a softmax *across channels* of the raw logits, with masks
     upsampled with ``align_corners=True`` and normalised by ``max - min + 1e-8``. That softmax
-    concentrates nearly all weight on the few channels with the largest logits, which is the
-    likely cause of the empty or off-target ScoreCAM maps in the seed study. Constant channels
-    (mask all zero) are scored once, with the all-zero input, and share that logit.
+    favours the channels with the largest logits (on the seed study's ten images with
+    EfficientNet-Lite0 the strongest channel gets 5 % of the weight on average, against 2.5 %
+    with the reference formula; the maps stay non-empty there). Constant channels (mask all
+    zero) are scored once, with the all-zero input, and share that logit.
 
     Args:
         variant: ``"reference"`` or ``"pytorch-grad-cam"``.

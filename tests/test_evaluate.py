@@ -154,6 +154,12 @@ def test_evaluate_run_end_to_end(tmp_path, fake_methods):
         assert (run_dir / name).is_file()
     for name in ("curves.png", "distributions.png", "report.md", "report.html"):
         assert (run_dir / name).stat().st_size > 0
+    info = json.loads((run_dir / "evaluation.json").read_text())
+    assert info["images"] == 3 and info["steps"] == 8 and info["sanity_images"] == 2
+    assert info["engine"].endswith("fp32") and info["notes"] == result.notes
+    stages = info["seconds"]
+    assert set(stages) >= {"faithfulness", "total"} and stages["total"] >= stages["faithfulness"]
+    assert result.files["evaluation.json"] == run_dir / "evaluation.json"
 
     # metrics.csv == camscope.metrics on the same images, recomputed independently
     rows = _read(run_dir / "metrics.csv")
