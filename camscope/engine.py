@@ -15,7 +15,7 @@ picks the fastest exact path it can for the device:
   3. ``eager``: the model as it is.
 
   Every compiled backend is checked against the eager model on the example batch when it is
-  built (logits within 1e-3 of the logit range, top-1 equal); a backend that cannot be built
+  built (logits within 1e-3 of the logit range); a backend that cannot be built
   or disagrees is skipped, and the substitution is said on stderr and kept in ``engine.note``.
 * CUDA: a channels_last copy of the model; ``bf16``/``fp16`` autocast when asked.
 * CPU ``bf16``: autocast in eager mode (fast only on CPUs with native bf16; on AVX2-only CPUs it is
@@ -99,7 +99,7 @@ def _check(compiled: Any, model: nn.Module, example: torch.Tensor) -> None:
         raise RuntimeError(f"output shape {tuple(got.shape)} != {tuple(expected.shape)}")
     scale = float((expected.amax() - expected.amin()).clamp_min(1.0))
     error = float((got - expected).abs().max())
-    if not error <= 1e-3 * scale or not torch.equal(got.argmax(1), expected.argmax(1)):
+    if not error <= 1e-3 * scale:  # also catches NaN
         raise RuntimeError(f"logits differ from the eager model by {error:.3g}")
 
 
