@@ -187,6 +187,12 @@ class InferenceEngine:
         self.note = f"inference engine: {text}"
         print(f"camscope: warning: {self.note}", file=sys.stderr)
 
+    def release(self) -> None:
+        """Drop the compiled copy (and its memory); ``kind`` and ``note`` keep describing the
+        last build. The next call builds again, from the model's current weights."""
+        self._compiled = None
+        self._device = None
+
     def prepare(self, example: torch.Tensor, expected_passes: int) -> None:
         """Build the engine for inputs like ``example`` (first use, or a new device)."""
         if self._compiled is None or self._device != example.device:

@@ -277,9 +277,8 @@ def evaluate_run(
             base_prob=base[idx],
         )
     seconds["faithfulness"] = time.perf_counter() - t0
-    engine_kind, engine_note = engine.kind, engine.note
-    del engine  # free its compiled copy and memory arena before the sanity check builds others
-    _log(progress, f"faithfulness done in {seconds['faithfulness']:.1f} s ({engine_kind})")
+    engine.release()  # free its compiled copy and memory arena before the sanity check
+    _log(progress, f"faithfulness done in {seconds['faithfulness']:.1f} s ({engine.kind})")
 
     values = {m: _values(n, rows[m], maps[m], results.get(m)) for m in methods}
 
@@ -350,8 +349,8 @@ def evaluate_run(
             "batch_size": batch_size,
             "sanity_images": k,
             "sanity_scorecam_max_channels": SANITY_SCORECAM_MAX_CHANNELS,
-            "engine": engine_kind,
-            "engine_note": engine_note or None,
+            "engine": engine.kind,
+            "engine_note": engine.note or None,
             "threads": torch.get_num_threads(),
             "device": str(device),
             "seconds": {key: round(v, 2) for key, v in seconds.items()},

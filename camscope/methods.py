@@ -355,12 +355,7 @@ class ScoreCAM(BaseCAM):
     def close(self) -> None:
         """Release the split graphs and the inference engine's compiled copy."""
         super().close()
-        self.engine = InferenceEngine(
-            self.model,
-            precision=self.engine.precision,
-            jit=self.engine.jit,
-            backend=self.engine.backend,
-        )
+        self.engine.release()
 
     def _masks(self, maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(k, h, w) activation maps -> (k, 1, H, W) masks in [0, 1]."""
@@ -381,7 +376,7 @@ class ScoreCAM(BaseCAM):
         return active
 
     def _distinct(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k, h*w) maps -> (first index of each distinct mask, index of each map's mask)."""
+        """(k, h*w) maps -> (a representative map per distinct mask, each map's mask index)."""
         if len(maps) == 0:
             empty = torch.zeros(0, dtype=torch.long, device=maps.device)
             return empty, empty
@@ -390,14 +385,9 @@ class ScoreCAM(BaseCAM):
             low = maps.amin(dim=1, keepdim=True)
             key = (maps - low) / (maps.amax(dim=1, keepdim=True) - low)
         _, inverse = torch.unique(key, dim=0, return_inverse=True)
-        index = torch.arange(len(maps), device=maps.device)
         first = torch.full((int(inverse.max()) + 1,), len(maps), device=maps.device)
-        first = first.scatter_reduce(0, inverse, index, "amin")
-        # number the distinct masks in channel order
-        order = first.argsort()
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=maps.device)
-        return first[order], rank[inverse]
+        index = torch.arange(len(maps), device=maps.device)
+        return first.scatter_reduce(0, inverse, index, "amin"), inverse
 
     def weights(self, inputs, activations, cache, logits, targets):  # noqa: D102
         n, channels = activations.shape[:2]

@@ -316,11 +316,6 @@ def explain(
     finally:
         if bar is not None:
             bar.close()
-        scorecam_engine = (
-            cams["scorecam"].engine.kind  # type: ignore[attr-defined]
-            if "scorecam" in cams and n_done
-            else None
-        )
         for cam in cams.values():
             cam.close()
 
@@ -351,7 +346,9 @@ def explain(
             "scorecam_variant": scorecam_variant,
             "precision": precision,
             "max_channels": max_channels,
-            "scorecam_engine": scorecam_engine,
+            "scorecam_engine": cams["scorecam"].engine.kind  # type: ignore[attr-defined]
+            if "scorecam" in cams and n_done
+            else None,
             "batch_size": batch_size,
             "image_size": list(loaded.input_size),
             "mean": list(loaded.mean),

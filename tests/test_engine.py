@@ -139,3 +139,17 @@ def test_float64_model_is_not_run_by_onnxruntime(tiny_model, tiny_inputs, capsys
     assert engine.kind == "torchscript fp32" and "float32 models" in engine.note
     assert "camscope: warning" in capsys.readouterr().err
     assert torch.allclose(out.double(), tiny_model(tiny_inputs), atol=1e-5)
+
+
+def test_release_keeps_the_description_and_rebuilds_from_current_weights():
+    torch.manual_seed(2)
+    model = TinyNet(width=8).eval()
+    x = torch.randn(2, 3, 24, 24)
+    engine = InferenceEngine(model, backend="onnxruntime")
+    engine(x)
+    engine.release()
+    assert engine.kind == "onnxruntime fp32" and engine._compiled is None
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    assert torch.allclose(engine(x), model(x), atol=1e-4)  # rebuilt from the new weights
