@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from camscope.imageio import preprocess  # noqa: E402
+from camscope.io import preprocess  # noqa: E402
 from camscope.methods import AblationCAM, GradCAM, ScoreCAM  # noqa: E402
 from camscope.models import load_model, resolve_layer  # noqa: E402
 

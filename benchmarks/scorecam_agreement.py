@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from camscope.imageio import collect_inputs, load_image, preprocess  # noqa: E402
+from camscope.io import collect_inputs, load_image, preprocess  # noqa: E402
 from camscope.methods import ScoreCAM  # noqa: E402
 from camscope.models import load_model  # noqa: E402
 

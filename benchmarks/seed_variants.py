@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from camscope.engine import InferenceEngine  # noqa: E402
-from camscope.imageio import load_image, preprocess  # noqa: E402
+from camscope.io import load_image, preprocess  # noqa: E402
 from camscope.methods import GradCAM, ScoreCAM  # noqa: E402
 from camscope.metrics import auc, average_drop_increase, deletion_curve, insertion_curve, pearson  # noqa: E402
 from camscope.models import load_model  # noqa: E402

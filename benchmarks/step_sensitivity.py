@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope import imageio
+from camscope import io as imageio
 from camscope.engine import InferenceEngine
 from camscope.metrics import auc, deletion_curve, insertion_curve, target_probabilities
 from camscope.models import load_model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from camscope.imageio import DEFAULT_MAX_PIXELS
+from camscope.io import DEFAULT_MAX_PIXELS
 from camscope.models import ModelError, TargetError
 from camscope.pipeline import DEFAULT_METHODS, RunResult, UsageError, explain
 
@@ -234,7 +234,7 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
     """Run all three methods on scikit-image's sample photos, offline."""
     import skimage.data
 
-    from camscope.imageio import save_png
+    from camscope.io import save_png
 
     inputs_dir = Path(out) / "inputs"
     try:

@@ -15,7 +15,7 @@ writes into the same folder:
 - ``curves.npz``     ``<method>_deletion`` / ``<method>_insertion`` (N, S+1) curves, ``names``.
 - ``curves.png``, ``distributions.png``, ``report.md``, ``report.html``.
 
-Every file is written atomically (`camscope.imageio`).
+Every file is written atomically (`camscope.io`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from camscope import imageio
+from camscope import io as imageio
 from camscope import methods as cam_methods
 from camscope.engine import InferenceEngine
 from camscope.metrics import (

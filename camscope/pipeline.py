@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from camscope.imageio import (
+from camscope.io import (
     DEFAULT_MAX_PIXELS,
     collect_inputs,
     iter_images,

@@ -2,7 +2,7 @@
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (never ``pyplot``), so this
 module is safe to use from worker threads and never opens a window; files are rendered by the
-Agg canvas and written atomically through :func:`camscope.imageio.save_figure`.
+Agg canvas and written atomically through :func:`camscope.io.save_figure`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from camscope.imageio import save_figure
+from camscope.io import save_figure
 
 __all__ = ["METHOD_LABELS", "GridRow", "colorize", "method_label", "overlay", "save_grid"]
 

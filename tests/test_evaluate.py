@@ -16,7 +16,7 @@ from torch import nn
 
 import camscope.methods
 from camscope import evaluate as E
-from camscope import imageio
+from camscope import io as imageio
 from camscope import metrics as M
 
 MEAN = (0.5, 0.5, 0.5)

@@ -39,7 +39,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from camscope.imageio import write_text
+from camscope.io import write_text
 from camscope.metrics import PairedDifference, SanityStep, mean_ci, paired_difference, passes_sanity
 from camscope.visualize import method_label
 

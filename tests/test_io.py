@@ -1,4 +1,4 @@
-"""Tests for camscope.imageio: inputs, robust decoding, preprocessing, atomic writes."""
+"""Tests for camscope.io: inputs, robust decoding, preprocessing, atomic writes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image, ImageFile
 
-from camscope import imageio
-from camscope.imageio import (
+from camscope import io as imageio
+from camscope.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     InputError,
