@@ -252,7 +252,7 @@ def test_load_permission_denied_mapped(tmp_path: Path, monkeypatch: pytest.Monke
     def deny(_: Path) -> io.BufferedReader:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(imageio, "_open_binary", deny)
+    monkeypatch.setattr(imageio.decode, "_open_binary", deny)
     assert _load_error(path).cause == "permission denied"
 
 
