@@ -20,25 +20,41 @@ from camscope.io.decode import (
     to_tensor,
 )
 from camscope.io.files import (
+    TEMP_PREFIX,
     atomic_open,
     atomic_write_bytes,
+    escape_name,
     save_figure,
     save_npy,
     save_png,
+    unescape_name,
     write_csv,
     write_json,
     write_text,
 )
-from camscope.io.inputs import IMAGE_EXTENSIONS, InputError, collect_inputs, unique_names
+from camscope.io.inputs import (
+    IMAGE_EXTENSIONS,
+    NAME_MAX,
+    InputError,
+    collect_inputs,
+    image_extensions,
+    is_run_folder,
+    unique_names,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "NAME_MAX",
+    "TEMP_PREFIX",
     "InputError",
     "LoadedImage",
     "atomic_open",
     "atomic_write_bytes",
     "collect_inputs",
+    "escape_name",
+    "image_extensions",
+    "is_run_folder",
     "iter_images",
     "load_image",
     "preprocess",
@@ -47,6 +63,7 @@ __all__ = [
     "save_npy",
     "save_png",
     "to_tensor",
+    "unescape_name",
     "unique_names",
     "write_csv",
     "write_json",
