@@ -344,17 +344,6 @@ def test_mean_ci_matches_scipy():
     assert all(math.isnan(v) for v in M.mean_ci([]))
 
 
-def test_paired_difference():
-    a = np.array([0.5, 0.6, 0.7, 0.55, 0.65])
-    d = M.paired_difference(a, a - 0.1 + np.array([0.01, -0.01, 0.0, 0.02, -0.02]))
-    ref = stats.t.interval(0.95, 4, loc=0.1, scale=stats.sem(np.array([-1, 1, 0, -2, 2]) / 100))
-    assert d.mean == pytest.approx(0.1) and (d.low, d.high) == pytest.approx(ref)
-    assert d.significant and d.n == 5
-    noisy = M.paired_difference([0.1, 0.9, 0.2], [0.8, 0.1, 0.3])
-    assert not noisy.significant
-    assert not M.paired_difference([1.0], [0.0]).significant
-
-
 # ---------------------------------------------------------------------------- labels
 
 

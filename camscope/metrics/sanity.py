@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -112,14 +113,29 @@ def randomization_blocks(model: nn.Module, example_input: torch.Tensor | None = 
     return ["+".join(g) for g in reversed(groups)]
 
 
+def empty_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: True where a map (N, H, W) has no spatial variation (max == min, e.g. all zero).
+
+    Example:
+        >>> empty_maps(torch.stack([torch.zeros(2, 2), torch.eye(2)])).tolist()
+        [True, False]
+    """
+    flat = maps.reshape(len(maps), -1)
+    return flat.amax(dim=1) <= flat.amin(dim=1)
+
+
 @dataclass
 class SanityStep:
     """One step of the cascade: ``block`` and everything above it are randomised.
 
     spearman (N,): signed Spearman rank correlation between the trained model's map and the
-    randomised model's map, per image. mean/min/max: over images, signed; mean_abs/max_abs: of
-    ``|spearman|``. n_reset / n_params: parameter tensors of this block re-initialised by a
-    ``reset_parameters()`` / all parameter tensors of the block (the rest keep trained values).
+    randomised model's map, per image (0 where the randomised map is empty: no ranks to
+    correlate). empty (N,) bool: the randomised model's map is empty (`empty_maps`); such an
+    image is counted apart (``n_empty``), never as a low correlation. mean/min/max: over the
+    images with a non-empty randomised map, signed; mean_abs/max_abs: of ``|spearman|`` there
+    (NaN when every map is empty). n_reset / n_params: parameter tensors of this block
+    re-initialised by a ``reset_parameters()`` / all parameter tensors of the block (the rest
+    keep trained values).
     """
 
     block: str
@@ -131,22 +147,84 @@ class SanityStep:
     max_abs: float
     n_reset: int
     n_params: int
+    empty: torch.Tensor | None = None
+
+    @property
+    def n_empty(self) -> int:
+        """Images whose randomised map is empty."""
+        return 0 if self.empty is None else int(self.empty.sum())
 
     @classmethod
-    def from_values(cls, block: str, values: torch.Tensor, n_reset: int, n_params: int):
-        v = values.detach().float()
-        a = v.abs()
-        return cls(
-            block=block,
-            spearman=v,
-            mean=float(v.mean()),
-            min=float(v.min()),
-            max=float(v.max()),
-            mean_abs=float(a.mean()),
-            max_abs=float(a.max()),
-            n_reset=n_reset,
-            n_params=n_params,
-        )
+    def from_values(
+        cls,
+        block: str,
+        values: torch.Tensor,
+        n_reset: int,
+        n_params: int,
+        empty: torch.Tensor | None = None,
+    ) -> SanityStep:
+        """Summarise per-image Spearman values (and empty flags) of one step."""
+        v = values.detach().float().cpu()
+        flags = torch.zeros(len(v), dtype=torch.bool) if empty is None else empty.cpu().bool()
+        live = v[~flags]
+        if live.numel():
+            a = live.abs()
+            stats = (live.mean(), live.min(), live.max(), a.mean(), a.max())
+        else:
+            stats = (math.nan,) * 5
+        mean, lo, hi, mean_abs, max_abs = (float(x) for x in stats)
+        return cls(block, v, mean, lo, hi, mean_abs, max_abs, n_reset, n_params, flags)
+
+
+class SanityVerdict(NamedTuple):
+    """Outcome of the randomisation check for one method.
+
+    outcome: "pass", "fail" (maps stay rank-correlated) or "empty" (some randomised maps are
+    empty, so a low correlation cannot be told from a vanished map: never a pass).
+    mean_abs: mean |Spearman| over the non-empty randomised maps of the final step.
+    """
+
+    outcome: str
+    mean_abs: float
+    n_empty: int
+    n: int
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+    def describe(self) -> str:
+        """E.g. "fail: 2 of 3 randomised maps empty" or "pass"."""
+        text = self.outcome if self.outcome != "empty" else "fail"
+        if self.n_empty:
+            text += f": {self.n_empty} of {self.n} randomised maps empty"
+        return text
+
+
+def sanity_verdict(spearman: object, empty: object, threshold: float = 0.5) -> SanityVerdict:
+    """The verdict from the final cascade step's per-image Spearman values and empty flags.
+
+    Rule: any empty randomised map -> "empty" (reported as a failure with "k of n randomised
+    maps empty"); else mean |Spearman| < ``threshold`` -> "pass", otherwise (or NaN) "fail".
+
+    Example:
+        >>> sanity_verdict([0.1, 0.0, 0.0], [False, True, True]).describe()
+        'fail: 2 of 3 randomised maps empty'
+    """
+    rho = torch.as_tensor(spearman, dtype=torch.float64).reshape(-1)
+    flags = torch.as_tensor(empty, dtype=torch.bool).reshape(-1)
+    if rho.shape != flags.shape:
+        raise ValueError(f"{rho.numel()} Spearman values but {flags.numel()} empty flags")
+    if rho.numel() == 0:
+        raise ValueError("no sanity values")
+    live = rho[~flags]
+    mean_abs = float(live.abs().mean()) if live.numel() else math.nan
+    n_empty = int(flags.sum())
+    if n_empty:
+        outcome = "empty"
+    else:
+        outcome = "pass" if math.isfinite(mean_abs) and mean_abs < threshold else "fail"
+    return SanityVerdict(outcome, mean_abs, n_empty, int(rho.numel()))
 
 
 def _reinitialise(model: nn.Module, block: str) -> tuple[int, int]:
@@ -202,21 +280,26 @@ def sanity_check(
         for block in blocks:
             n_reset, n_params = _reinitialise(work, block)
             maps = explain_fn(work, inputs, targets).detach()
-            steps.append(
-                SanityStep.from_values(block, spearman(reference, maps), n_reset, n_params)
-            )
+            rho = spearman(reference, maps)
+            steps.append(SanityStep.from_values(block, rho, n_reset, n_params, empty_maps(maps)))
     return steps
 
 
 def passes_sanity(steps: Sequence[SanityStep], threshold: float = 0.5) -> bool:
-    """True when the method passes the cascading randomisation check.
+    """True when the method passes the cascading randomisation check (`sanity_verdict`).
 
-    Rule: after the final step (all listed blocks randomised) the mean over images of
-    ``|Spearman|`` between the trained-model map and the randomised-model map is below
-    ``threshold`` (default 0.5). A map that stays rank-correlated with itself when every weight
-    is random does not depend on what the model learned (Adebayo et al. flag exactly that).
+    Rule: after the final step (all listed blocks randomised) no randomised map is empty and
+    the mean over images of ``|Spearman|`` between the trained-model map and the
+    randomised-model map is below ``threshold`` (default 0.5). A map that stays rank-correlated
+    with itself when every weight is random does not depend on what the model learned (Adebayo
+    et al. flag exactly that); a map that vanishes has no ranks to compare and is no pass.
     """
     if not steps:
         raise ValueError("no sanity steps")
-    final = steps[-1].mean_abs
-    return bool(math.isfinite(final) and final < threshold)
+    final = steps[-1]
+    empty = (
+        final.empty
+        if final.empty is not None
+        else torch.zeros(len(final.spearman), dtype=torch.bool)
+    )
+    return sanity_verdict(final.spearman, empty, threshold).passed

@@ -668,9 +668,9 @@ def _definitions(data: ReportData) -> list[str]:
         f"map while those reach ≥ {t.shared_region_iou} with each other.",
         f"- Most faithful per image: lowest deletion / highest insertion AUC, named only when it "
         f"beats every other map by at least {t.auc_margin}.",
-        "- Significance: the 95% Student-t interval of the paired per-image difference excludes 0 "
-        "(intervals are t intervals, also for the 0/1 Increase outcome, so they can reach past "
-        "0% or 100%).",
+        "- Significance: the 95% percentile-bootstrap interval of the paired per-image difference "
+        "(at least 10 images) excludes 0; the per-method means still carry Student-t intervals in "
+        "this page.",
         f"- Sanity check (Adebayo et al., NeurIPS 2018, arXiv:1810.03292): blocks re-initialised "
         f"cumulatively from the output side; Spearman rank correlation between the trained "
         f"model's map and the randomised model's map per image; pass = mean |Spearman| after the "
