@@ -8,7 +8,6 @@ Public API::
 from camscope._version import __version__
 from camscope.methods import METHODS, AblationCAM, BaseCAM, CAMResult, GradCAM, ScoreCAM
 from camscope.models import LoadedModel, load_model, resolve_layer
-from camscope.pipeline import RunResult, explain
 
 __all__ = [
     "METHODS",
@@ -24,3 +23,11 @@ __all__ = [
     "load_model",
     "resolve_layer",
 ]
+
+
+def __getattr__(name: str):  # lazy: the run stages pull in pyarrow/matplotlib only when used
+    if name in ("explain", "RunResult"):
+        from camscope import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'camscope' has no attribute {name!r}")

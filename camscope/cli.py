@@ -1,22 +1,31 @@
-"""Command line: ``camscope run``, ``camscope demo``, ``camscope evaluate``, ``camscope layers``.
+"""Command line: ``camscope run``, ``demo``, ``evaluate``, ``report``, ``layers``.
 
-Exit codes: 0 all done, 1 some inputs failed (each listed at the end), 2 usage error (unknown
-method, model, layer or class; unavailable weights; unwritable output folder).
+Exit codes: 0 all done, 1 some inputs (or outputs) failed, each said on one line, 2 usage error
+(nothing was written), 130 interrupted (Ctrl-C; the same command resumes).
+
+The library reports through ``logging.getLogger("camscope")`` and `warnings`; this module
+turns both into one-line ``camscope: warning: ...`` / ``camscope: error: ...`` messages and
+progress lines (``camscope: <stage>: ... (12.3 s)``; a tqdm bar when stderr is a terminal).
 """
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
 from camscope.io import DEFAULT_MAX_PIXELS
-from camscope.models import ModelError, TargetError
-from camscope.pipeline import DEFAULT_METHODS, RunResult, UsageError, explain
+from camscope.metrics import DEFAULT_STEPS
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DEMO_IMAGES = {
     "cat": "chelsea",
@@ -27,171 +36,208 @@ DEMO_IMAGES = {
 }
 
 
-def _fail_usage(message: str) -> None:
-    click.echo(f"camscope: error: {message}", err=True)
-    sys.exit(EXIT_USAGE)
+class _LineHandler(logging.Handler):
+    """``camscope: error: ...`` / ``camscope: warning: ...`` / ``camscope: ...`` on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(logging.INFO)
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = " ".join(record.getMessage().split())
+        if record.levelno >= logging.ERROR:
+            line = f"camscope: error: {text}"
+        elif record.levelno >= logging.WARNING:
+            line = f"camscope: warning: {text}"
+        elif self.quiet:
+            return
+        else:
+            line = f"camscope: {text}"
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
 
 
-def _methods(value: str) -> list[str]:
-    return [m.strip().lower().replace("-", "") for m in value.split(",") if m.strip()]
+@contextmanager
+def _reporting(quiet: bool) -> Iterator[_LineHandler]:
+    """Route camscope's log records and Python warnings to one-line stderr messages."""
+    logger = logging.getLogger("camscope")
+    handler = _LineHandler(quiet)
+    old_level, old_show = logger.level, warnings.showwarning
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    def show(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
+        logger.warning("%s", f"{message} ({category.__name__})")
+
+    warnings.showwarning = show  # type: ignore[assignment]
+    try:
+        yield handler
+    finally:
+        warnings.showwarning = old_show
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = True
 
 
-def _report(result: RunResult, quiet: bool) -> int:
+@contextmanager
+def _sigint(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: finish the batch in progress; second: stop at once (KeyboardInterrupt)."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _usage(message: str) -> int:
+    click.echo(f"camscope: error: {' '.join(message.split())}", err=True)
+    return EXIT_USAGE
+
+
+def _progress(handler: _LineHandler, quiet: bool) -> Callable[[int, int], None] | None:
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    def update(done: int, total: int) -> None:
+        if handler.bar is None:
+            handler.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True)
+        handler.bar.update(done - handler.bar.n)
+
+    return update
+
+
+def _summary(result: Any, quiet: bool) -> int:
+    if result.state == "interrupted":
+        click.echo(f"camscope: interrupted: {result.n_done_before + result.n_explained} of "
+                   f"{result.n_total} image(s) done in {result.out_dir} (run.json: interrupted); "
+                   "the same command resumes", err=True)  # fmt: skip
+        return EXIT_INTERRUPTED
     if not quiet:
-        per_image = ", ".join(
-            f"{m} {s / max(result.n_images, 1):.2f} s/image"
-            for m, s in result.seconds_per_method.items()
-        )
-        click.echo(f"camscope: {result.n_images} image(s) explained -> {result.out_dir}", err=True)
-        if result.n_images:
-            click.echo(f"camscope: {per_image}", err=True)
-    if result.failures:
-        click.echo(f"camscope: {len(result.failures)} failure(s):", err=True)
-        for failure in result.failures:
-            click.echo(f"  {failure.line()}", err=True)
+        click.echo(f"camscope: {result.n_explained} image(s) explained -> {result.out_dir}"
+                   + (f" ({result.n_done_before} done before)" if result.n_done_before else ""),
+                   err=True)  # fmt: skip
+    if result.n_failed or result.problems:
+        click.echo(f"camscope: {result.n_failed} input(s) failed, {len(result.problems)} output "
+                   "problem(s) (each said above; also in the results table and run.json)",
+                   err=True)  # fmt: skip
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _run(
-    inputs: Sequence[str],
-    out: str,
-    quiet: bool,
-    metrics: bool,
-    labels: str | None,
-    steps: int | None,
-    **kwargs: object,
-) -> int:
+def _execute(config: Any, quiet: bool) -> int:
+    from camscope.run import UsageError, run_local
+
+    stop = threading.Event()
+    with _reporting(quiet) as handler, _sigint(stop):
+        try:
+            result = run_local(config, stop=stop, progress=_progress(handler, quiet))
+        except UsageError as exc:
+            return _usage(str(exc))
+        except KeyboardInterrupt:
+            click.echo(f"camscope: interrupted: stopped at once; {config.out_dir} keeps the "
+                       "finished images (the same command resumes)", err=True)  # fmt: skip
+            return EXIT_INTERRUPTED
+        finally:
+            if handler.bar is not None:
+                handler.bar.close()
+                handler.bar = None
+    return _summary(result, quiet)
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
     try:
-        result = explain(
-            inputs,
-            out,
-            progress=not quiet and sys.stderr.isatty(),
-            argv=sys.argv,
-            **kwargs,  # type: ignore[arg-type]
-        )
-    except (UsageError, ModelError, TargetError) as exc:
-        _fail_usage(str(exc))
-        return EXIT_USAGE
-    code = _report(result, quiet)
-    if metrics and result.n_images:
-        from camscope.evaluate import evaluate_run
-
-        evaluate_kwargs: dict[str, object] = {"labels": Path(labels) if labels else None}
-        if steps is not None:
-            evaluate_kwargs["steps"] = steps
-        evaluate_run(
-            Path(out),
-            device=str(kwargs.get("device", "cpu")).replace("auto", _auto_device()),
-            progress=not quiet and sys.stderr.isatty(),
-            loaded_model=result.model,
-            **evaluate_kwargs,  # type: ignore[arg-type]
-        )
-        if not quiet:
-            click.echo(f"camscope: metrics and report -> {Path(out) / 'report.html'}", err=True)
-    return code
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("use I/N, e.g. 0/4") from None
+    return i, n
 
 
-def _auto_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+_METHOD_OPTIONS = {"scorecam_variant": "variant", "precision": "precision",
+                   "max_channels": "max_channels"}  # fmt: skip
 
 
-_common_options = [
-    click.option(
-        "--out", "-o", default="camscope-output", show_default=True, help="Output folder."
-    ),
-    click.option(
-        "--methods",
-        "-m",
-        default=",".join(DEFAULT_METHODS),
-        show_default=True,
-        help="Comma-separated CAM methods.",
-    ),
-    click.option(
-        "--model",
-        default=None,
-        help="resnet50 (default when its weights can be had), efficientnet_lite0 "
-        "(bundled, offline), or any torchvision/timm classifier.",
-    ),
-    click.option(
-        "--weights",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Local state dict (.pth/.safetensors) instead of downloading.",
-    ),
-    click.option(
-        "--weights-tag",
-        default=None,
-        help="torchvision weights tag (default IMAGENET1K_V1 for resnet50).",
-    ),
-    click.option(
-        "--layer",
-        default=None,
-        help="Target layer, e.g. 'layer4[-1]', 'layer4.2', 'layer3' (default per model).",
-    ),
-    click.option(
-        "--target",
-        default=None,
-        help="Class index or name for every image (default: top-1 prediction).",
-    ),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-    click.option(
-        "--batch-size", "-b", default=8, show_default=True, type=int, help="Images per batch."
-    ),
-    click.option(
-        "--scorecam-variant",
-        type=click.Choice(["reference", "pytorch-grad-cam"]),
-        default="reference",
-        show_default=True,
-        help="ScoreCAM weights: the authors' (softmax over classes) or "
-        "pytorch-grad-cam's (softmax over channels).",
-    ),
-    click.option(
-        "--precision",
-        type=click.Choice(["fp32", "bf16", "fp16"]),
-        default="fp32",
-        show_default=True,
-        help="ScoreCAM masked passes: exact fp32 or autocast.",
-    ),
-    click.option(
-        "--max-channels",
-        type=int,
-        default=None,
-        help="ScoreCAM: score only the K highest-variance channels.",
-    ),
-    click.option(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        show_default=True,
-        help="Refuse images with more pixels than this.",
-    ),
-    click.option(
-        "--metrics",
-        is_flag=True,
-        help="Also measure faithfulness and write metrics.csv, summary.csv, "
-        "report.html and report.md.",
-    ),
-    click.option(
-        "--labels",
-        type=click.Path(dir_okay=False, exists=True),
-        default=None,
-        help="CSV with file and class columns (true labels for accuracy).",
-    ),
-    click.option(
-        "--steps",
-        type=int,
-        default=None,
-        help="Deletion/insertion steps (default: camscope.metrics.DEFAULT_STEPS).",
-    ),
-    click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary."),
-]
+def _given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """Method options the user set on the command line (defaults stay the methods' own)."""
+    source = click.core.ParameterSource
+    return {_METHOD_OPTIONS[k]: v for k, v in values.items()
+            if ctx.get_parameter_source(k) not in (source.DEFAULT, None)}  # fmt: skip
+
+
+_run_options = [
+    click.option("--out", "-o", default="camscope-output", show_default=True,
+                 help="Run folder (an existing run with the same settings is resumed)."),
+    click.option("--methods", "-m", default="gradcam,ablationcam,scorecam", show_default=True,
+                 help="Comma-separated CAM methods (`camscope methods` lists them)."),
+    click.option("--model", default=None,
+                 help="resnet50 (default when its weights can be had), efficientnet_lite0 "
+                 "(bundled, offline), or any torchvision/timm classifier."),
+    click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                 help="Local state dict (.pth/.safetensors) instead of downloading."),
+    click.option("--weights-tag", default=None,
+                 help="torchvision weights tag (default IMAGENET1K_V1 for resnet50)."),
+    click.option("--random-weights", is_flag=True,
+                 help="Seeded random weights for --model (tests and offline smoke runs; the "
+                 "maps mean nothing)."),
+    click.option("--layer", default=None,
+                 help="Target layer, e.g. 'layer4[-1]', 'layer3' (default per model)."),
+    click.option("--target", default=None,
+                 help="Class index or name for every image (default: top-1 prediction)."),
+    click.option("--device", default="auto", show_default=True,
+                 help="auto, cpu, cuda or cuda:N (checked before the first image)."),
+    click.option("--batch-size", "-b", default=8, show_default=True, type=int,
+                 help="Images per batch (also: images per results part file)."),
+    click.option("--scorecam-variant", type=click.Choice(["reference", "pytorch-grad-cam"]),
+                 default="reference", show_default=True,
+                 help="ScoreCAM weights: the authors' or pytorch-grad-cam's."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+                 show_default=True, help="ScoreCAM masked passes: exact fp32 or autocast."),
+    click.option("--max-channels", type=int, default=None,
+                 help="ScoreCAM: score only the K highest-variance channels."),
+    click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    click.option("--metrics", is_flag=True,
+                 help="Also measure faithfulness per image and write metrics.csv, "
+                 "summary.csv, sanity.parquet, report.html and report.md."),
+    click.option("--labels", type=click.Path(dir_okay=False), default=None,
+                 help="CSV with file and class columns (true labels for accuracy)."),
+    click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
+                 help="Deletion/insertion steps (with --metrics)."),
+    click.option("--sanity-images", type=int, default=8, show_default=True,
+                 help="Images in the sanity check's own sample (with --metrics; 0 skips it). "
+                 "It costs, per method, about (number of model blocks + 1) x this many images' "
+                 "maps: seconds for Grad-CAM, minutes for ScoreCAM on a CPU."),
+    click.option("--save-maps", type=click.Choice(["both", "npy", "png", "none"]),
+                 default="both", show_default=True,
+                 help="Per-image files: the 224x224 float32 .npy map (~200 KB) and/or the .png "
+                 "overlay; the feature-resolution map is always in the results table."),
+    click.option("--inputs-from", type=click.Path(dir_okay=False), default=None,
+                 help="File listing inputs: one path per line, or a CSV with a 'file' column."),
+    click.option("--shard", default=None,
+                 help="I/N: take the I-th of N deterministic parts of the inputs (0-based)."),
+    click.option("--overwrite", is_flag=True,
+                 help="Remove an earlier run's outputs in --out and start afresh."),
+    click.option("--quiet", "-q", is_flag=True, help="Errors and warnings only."),
+]  # fmt: skip
 
 
 def _add_options(func):  # type: ignore[no-untyped-def]
-    for option in reversed(_common_options):
+    for option in reversed(_run_options):
         func = option(func)
     return func
 
@@ -199,42 +245,44 @@ def _add_options(func):  # type: ignore[no-untyped-def]
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="camscope")
 def main() -> None:
-    """camscope: class activation maps (Grad-CAM, AblationCAM, ScoreCAM), measured."""
+    """camscope: class activation maps, measured."""
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @_add_options
-def run(
-    inputs: tuple[str, ...],
-    out: str,
-    methods: str,
-    quiet: bool,
-    metrics: bool,
-    labels: str | None,
-    steps: int | None,
-    **kwargs: object,
-) -> None:
+@click.pass_context
+def run(ctx: click.Context, inputs: tuple[str, ...], methods: str, quiet: bool,
+        shard: str | None, **kwargs: Any) -> None:  # fmt: skip
     """Explain INPUTS (image files, folders searched recursively, or globs)."""
-    sys.exit(_run(inputs, out, quiet, metrics, labels, steps, methods=_methods(methods), **kwargs))
+    from camscope.run import RunConfig
+
+    options = {k: kwargs.pop(k) for k in _METHOD_OPTIONS}
+    config = RunConfig(
+        inputs=tuple(inputs),
+        out_dir=kwargs.pop("out"),
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        method_options=_given_options(ctx, options),
+        shard=_shard(shard),
+        argv=tuple(sys.argv),
+        **kwargs,
+    )
+    sys.exit(_execute(config, quiet))
 
 
 @main.command()
 @click.option("--out", "-o", default="camscope-demo", show_default=True, help="Output folder.")
 @click.option("--model", default=None, help="Model (default: the default model).")
 @click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--metrics/--no-metrics",
-    default=False,
-    show_default=True,
-    help="Also measure faithfulness and write the report.",
-)
+@click.option("--metrics/--no-metrics", default=False, show_default=True,
+              help="Also measure faithfulness and write the report.")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True)
 def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -> None:
-    """Run all three methods on scikit-image's sample photos, offline."""
+    """Run the default methods on scikit-image's sample photos, offline."""
     import skimage.data
 
     from camscope.io import save_png
+    from camscope.run import RunConfig
 
     inputs_dir = Path(out) / "inputs"
     try:
@@ -243,50 +291,82 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
             image = image[0] if isinstance(image, tuple) else image
             save_png(inputs_dir / f"{name}.png", image)
     except OSError as exc:
-        _fail_usage(f"{out}: cannot write demo inputs ({exc})")
-    code = _run(
-        [str(inputs_dir)],
-        out,
-        quiet,
-        metrics,
-        None,
-        None,
-        methods=list(DEFAULT_METHODS),
-        model=model,
-        device=device,
-    )
-    click.echo(
-        f"camscope demo: results in {Path(out).resolve()} "
-        f"(grid.png, <method>/, predictions.csv, run.json"
-        f"{', report.html, report.md' if metrics else ''})"
-    )
+        sys.exit(_usage(f"{out}: cannot write demo inputs ({exc})"))
+    config = RunConfig(inputs=(str(inputs_dir),), out_dir=out, model=model, device=device,
+                       metrics=metrics, argv=tuple(sys.argv))  # fmt: skip
+    code = _execute(config, quiet)
+    click.echo(f"camscope demo: results in {Path(out).resolve()} (grid.png, <method>/, "
+               f"predictions.csv, run.json{', report.html, report.md' if metrics else ''})")
     sys.exit(code)
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--labels", type=click.Path(dir_okay=False, exists=True), default=None)
-@click.option("--steps", type=int, default=None)
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--labels", type=click.Path(dir_okay=False), default=None)
+@click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True)
+@click.option("--sanity-images", type=int, default=8, show_default=True,
+              help="Images in the sanity check's own sample (0 skips it).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
-def evaluate(run_dir: str, labels: str | None, steps: int | None, device: str, quiet: bool) -> None:
-    """Measure faithfulness of a finished run and write its report."""
-    from camscope.evaluate import evaluate_run
+def evaluate(run_dir: str, labels: str | None, steps: int, sanity_images: int, device: str,
+             quiet: bool) -> None:  # fmt: skip
+    """Measure faithfulness of a finished run (made without --metrics) and write its report.
 
-    kwargs: dict[str, object] = {"labels": Path(labels) if labels else None}
-    if steps is not None:
-        kwargs["steps"] = steps
-    try:
-        evaluate_run(
-            Path(run_dir),
-            device=device.replace("auto", _auto_device()),
-            progress=not quiet and sys.stderr.isatty(),
-            **kwargs,
-        )  # type: ignore[arg-type]
-    except (FileNotFoundError, ModelError, ValueError) as exc:
-        _fail_usage(f"{run_dir}: {exc}")
+    The folder is checked first: every missing or damaged map is said on one line and left
+    out (exit 1).
+    """
+    from camscope.run import UsageError
+    from camscope.run.evaluate import evaluate_folder
+
+    stop = threading.Event()
+    with _reporting(quiet), _sigint(stop):
+        try:
+            result = evaluate_folder(run_dir, steps=steps, labels=labels, device=device,
+                                     sanity_images=sanity_images, stop=stop)  # fmt: skip
+        except UsageError as exc:
+            sys.exit(_usage(str(exc)))
+        except KeyboardInterrupt:
+            click.echo(f"camscope: interrupted: {run_dir} not evaluated", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    if result.state == "interrupted":
+        click.echo(f"camscope: interrupted: {run_dir} partly evaluated", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if not quiet and "report.html" in result.files:
+        click.echo(f"camscope: report -> {result.files['report.html']}", err=True)
+    sys.exit(EXIT_FAILED if result.problems else EXIT_OK)
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "-o", default=None,
+              help="Where to write the report (default: the run folder when there is one).")
+@click.option("--quiet", "-q", is_flag=True)
+def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
+    """Build one summary and report from one or several run folders (e.g. shards)."""
+    from camscope.run import results
+    from camscope.run.finalize import build_report
+
+    if out is None and len(run_dirs) > 1:
+        sys.exit(_usage("several run folders: say where the report goes with --out"))
+    with _reporting(quiet):
+        problems = []
+        for run_dir in run_dirs:
+            try:
+                results.read_run(run_dir)
+            except results.RunFolderError as exc:
+                problems.append(str(exc))
+        if problems:
+            for line in problems:
+                click.echo(f"camscope: error: {line}", err=True)
+            sys.exit(EXIT_FAILED)
+        target = Path(out or run_dirs[0])
+        try:
+            files = build_report([Path(d) for d in run_dirs], target)
+        except (OSError, results.RunFolderError) as exc:
+            click.echo(f"camscope: error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(EXIT_FAILED)
     if not quiet:
-        click.echo(f"camscope: report -> {Path(run_dir) / 'report.html'}", err=True)
+        click.echo(f"camscope: report -> {files.get('report.html', target)}", err=True)
 
 
 @main.command()
@@ -294,13 +374,12 @@ def evaluate(run_dir: str, labels: str | None, steps: int | None, device: str, q
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
 def layers(model: str | None, weights: str | None) -> None:
     """List a model's layers (valid --layer values) and its default layer."""
-    from camscope.models import list_layers, load_model
+    from camscope.models import ModelError, list_layers, load_model
 
     try:
         loaded = load_model(model, weights=weights)
     except ModelError as exc:
-        _fail_usage(str(exc))
-        return
+        sys.exit(_usage(str(exc)))
     for name in list_layers(loaded.model):
         click.echo(name + ("   <- default" if name == loaded.default_layer else ""))
 

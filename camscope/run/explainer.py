@@ -1,0 +1,203 @@
+"""Stage 3, explain (compute only): maps, top-5 and per-image metrics of a batch.
+
+`BatchExplainer` turns a batch of decoded images into results-table rows (schema in
+`camscope.run.results`) and the maps the writer saves. It never touches the disk. With
+``--metrics`` each image's faithfulness metrics (Average Drop, Increase in Confidence,
+Chattopadhyay et al. 2018; Deletion/Insertion, Petsiuk et al. 2018) are computed right after its
+maps, while they are in memory, through one `InferenceEngine`; agreement between the methods
+(Pearson r, top-20 % IoU) is computed for every batch (it is cheap).
+
+Example::
+
+    >>> explainer = BatchExplainer(ctx)                         # doctest: +SKIP
+    >>> out = explainer(items, decoded)     # decoded: camscope.io.LoadedImage list
+    >>> out.rows[0]["method"], out.maps["gradcam"].shape       # doctest: +SKIP
+    ('gradcam', (8, 224, 224))
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from camscope.engine import InferenceEngine
+from camscope.io import LoadedImage
+from camscope.metrics import (
+    faithfulness,
+    load_labels,
+    lookup_label,
+    pearson,
+    target_probabilities,
+    top_iou,
+    truth_from_filename,
+)
+from camscope.models import one_line
+from camscope.run import _methods
+from camscope.run.collect import WorkItem
+from camscope.run.config import RunContext
+
+__all__ = ["METRICS_BATCH", "BatchExplainer", "BatchOutput", "failed_row"]
+
+log = logging.getLogger("camscope")
+
+#: Perturbed images per forward pass of the metrics.
+METRICS_BATCH = 64
+
+
+@dataclass
+class BatchOutput:
+    """What one batch produced: table rows, maps per method (B, H, W) and the resized inputs."""
+
+    items: list[WorkItem]
+    rows: list[dict[str, Any]]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    rgbs: list[np.ndarray] = field(default_factory=list)
+
+
+def failed_row(item: WorkItem, error: str, settings_hash: str, method: str | None = None) -> dict:
+    """The table row of an input (or of one method on it) that failed."""
+    return {"key": item.key, "name": item.name, "file": item.file, "status": "failed",
+            "error": error, "method": method, "settings_hash": settings_hash}  # fmt: skip
+
+
+class BatchExplainer:
+    """Maps and per-image numbers for batches of images, with the run's methods and model.
+
+    Args:
+        ctx: a prepared run (`camscope.run.prepare`); its model, layer, methods, options,
+            target and metric settings are used.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        model = ctx.loaded.model
+        self.cams = {m: _methods.build(m, model, ctx.layer, ctx.options[m]) for m in ctx.methods}
+        self.engine = InferenceEngine(model) if ctx.config.metrics else None
+        self.seconds = dict.fromkeys(ctx.methods, 0.0)
+        self.seconds["metrics"] = 0.0
+        self.counters: dict[str, dict[str, float]] = {m: {} for m in ctx.methods}
+        labels = ctx.config.labels
+        self.labels = load_labels(labels) if labels else None
+
+    def close(self) -> None:
+        """Release the methods (their engines and graphs) and the metrics engine."""
+        for cam in self.cams.values():
+            cam.close()
+        if self.engine is not None:
+            self.engine.release()
+
+    def notes(self) -> list[str]:
+        """Substitutions the methods and engines made (each already logged)."""
+        out: list[str] = []
+        for cam in self.cams.values():
+            out += [n for n in getattr(cam, "notes", []) if n not in out]
+        if self.engine is not None and self.engine.note and self.engine.note not in out:
+            out.append(self.engine.note)
+        return out
+
+    def _truth(self, item: WorkItem) -> int | None:
+        if self.labels is not None:
+            return lookup_label(self.labels, item.file, item.name)
+        if len(self.ctx.loaded.categories) != 1000:
+            return None
+        truth = truth_from_filename(item.file)
+        return truth if truth is not None else truth_from_filename(item.name)
+
+    def _run_methods(self, x: torch.Tensor, items: list[WorkItem]) -> tuple[dict, list[dict]]:
+        results, failed = {}, []
+        self._batch_seconds: dict[str, float] = {}
+        for method, cam in self.cams.items():
+            start = time.perf_counter()
+            try:
+                results[method] = cam.explain(x, self.ctx.target)
+            except (RuntimeError, ValueError) as exc:
+                failed += [failed_row(it, one_line(exc), self.ctx.settings_hash, method)
+                           for it in items]  # fmt: skip
+                log.error("%s", f"{len(items)} image(s) [{method}]: {one_line(exc)}")
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            self._batch_seconds[method] = time.perf_counter() - start
+            self.seconds[method] += self._batch_seconds[method]
+            for key, value in getattr(results.get(method), "info", {}).items():
+                self.counters[method][key] = self.counters[method].get(key, 0.0) + value
+        return results, failed
+
+    def metrics(self, x: torch.Tensor, maps: dict[str, torch.Tensor],
+                 targets: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+        """Faithfulness of each method's (B, H, W) maps of ``x`` (empty without --metrics)."""
+        if self.engine is None or not maps:
+            return {}
+        start = time.perf_counter()
+        cfg, loaded = self.ctx.config, self.ctx.loaded
+        self.engine.prepare(x, expected_passes=len(x) * (2 * cfg.steps + 2) * len(maps))
+        base = target_probabilities(self.engine, x, targets, batch_size=METRICS_BATCH)
+        out = {}
+        for method, m in maps.items():
+            f = faithfulness(self.engine, x, m, targets, mean=loaded.mean, std=loaded.std,
+                             steps=cfg.steps, batch_size=METRICS_BATCH, base_prob=base)  # fmt: skip
+            out[method] = {
+                "base_prob": f.base_prob, "explanation_prob": f.explanation_prob,
+                "average_drop": f.average_drop, "increase": f.increase,
+                "deletion_auc": f.deletion_auc, "insertion_auc": f.insertion_auc,
+                "deletion_curve": f.deletion_curve, "insertion_curve": f.insertion_curve,
+            }  # fmt: skip
+        self.seconds["metrics"] += time.perf_counter() - start
+        return out
+
+    @staticmethod
+    def _agreement(maps: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in maps}
+        for a, b in itertools.combinations(maps, 2):
+            r, iou = pearson(maps[a], maps[b]), top_iou(maps[a], maps[b], fraction=0.2)
+            out[a][f"pearson__{b}"], out[b][f"pearson__{a}"] = r, r
+            out[a][f"top20_iou__{b}"], out[b][f"top20_iou__{a}"] = iou, iou
+        return out
+
+    def __call__(self, items: list[WorkItem], decoded: list[LoadedImage]) -> BatchOutput:
+        """Rows and maps for a batch; ``decoded[i]`` is ``items[i]`` decoded (no errors)."""
+        x = torch.stack([d.tensor for d in decoded]).to(self.ctx.device)
+        results, rows = self._run_methods(x, items)
+        out = BatchOutput(items, rows, rgbs=[d.rgb for d in decoded])
+        if not results:
+            return out
+        first = next(iter(results.values()))
+        targets = first.targets
+        maps = {m: r.maps.float() for m, r in results.items()}
+        per_method = self.metrics(x, maps, targets)
+        agree = self._agreement(maps)
+        probs = first.logits.float().softmax(dim=1)
+        top_p, top_i = (t.cpu() for t in probs.topk(5, dim=1))
+        cats = self.ctx.loaded.categories
+        for method, result in results.items():
+            cpu = {k: v.detach().cpu() for k, v in {**per_method.get(method, {}),
+                                                     **agree[method]}.items()}  # fmt: skip
+            raw = result.raw.detach().float().cpu()
+            share = (maps[method] > 0.5).flatten(1).float().mean(dim=1).cpu()
+            empty = result.empty.cpu()
+            seconds = self._batch_seconds[method] / len(items)
+            for j, item in enumerate(items):
+                t, top1 = int(targets[j]), int(top_i[j, 0])
+                row = {
+                    "key": item.key, "name": item.name, "file": item.file,
+                    "settings_hash": self.ctx.settings_hash, "status": "ok", "error": None,
+                    "method": method, "top1_index": top1, "target_index": t,
+                    "truth_index": self._truth(item), "top1_name": cats[top1],
+                    "target_name": cats[t], "top1_prob": float(top_p[j, 0]),
+                    "top5_index": top_i[j].tolist(), "top5_prob": top_p[j].tolist(),
+                    "empty": bool(empty[j]), "seconds": seconds, "raw": raw[j].flatten().tolist(),
+                    "raw_h": raw.shape[1], "raw_w": raw.shape[2],
+                    "share_above_half": float(share[j]),
+                }  # fmt: skip
+                for key, value in cpu.items():
+                    v = value[j]
+                    row[key] = v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool
+                                                            else float(v))  # fmt: skip
+                out.rows.append(row)
+            out.maps[method] = maps[method].detach().cpu().numpy().astype(np.float32, copy=False)
+        return out

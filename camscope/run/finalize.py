@@ -1,0 +1,205 @@
+"""Stage 5, finalize: files derived from the results table, the sanity check, run.json.
+
+Each output is written on its own: a failure (disk full, a folder where a file should be) is
+one problem line naming the file, and the other outputs are still written. Everything comes
+from the table (`camscope.run.results`), read column by column, so memory follows the number
+of rows of a few scalar columns, never the images or maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from camscope.io import iter_images, write_csv
+from camscope.metrics import sanity_check
+from camscope.run import _methods, results
+from camscope.run.config import RunContext
+from camscope.run.folder import write_run_json
+
+__all__ = ["Finalized", "finalize", "sanity_rows", "write_metrics_csv", "write_predictions"]
+
+log = logging.getLogger("camscope")
+
+
+@dataclass
+class Finalized:
+    """Files written at the end, and one line per file that could not be."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _columns(table: Any, names: list[str]) -> dict[str, list[Any]]:
+    return {c: table.column(c).to_pylist() for c in names if c in table.column_names}
+
+
+def write_predictions(run_dir: Path, categories: list[str]) -> Path:
+    """predictions.csv: one row per explained image (top-5, target, truth, empty maps)."""
+    table = results.read_table([run_dir], columns=["file", "top5_index", "top5_prob",
+        "target_index", "target_name", "truth_index", "empty"])  # fmt: skip
+    cols = _columns(table, table.column_names)
+    by_name: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(cols["name"]):
+        if cols["status"][i] != "ok":
+            continue
+        entry = by_name.setdefault(name, {"i": i, "empty": []})
+        if cols["empty"][i]:
+            entry["empty"].append(cols["method"][i])
+    header = ["name", "file"]
+    for k in range(1, 6):
+        header += [f"top{k}_index", f"top{k}_name", f"top{k}_prob"]
+    header += ["target_index", "target_name", "truth_index", "empty_maps"]
+    rows = []
+    for name in sorted(by_name):
+        i = by_name[name]["i"]
+        row: list[Any] = [name, cols["file"][i]]
+        for idx, prob in zip(cols["top5_index"][i], cols["top5_prob"][i], strict=True):
+            row += [idx, categories[idx] if 0 <= idx < len(categories) else idx, f"{prob:.6f}"]
+        truth = cols["truth_index"][i]
+        row += [cols["target_index"][i], cols["target_name"][i], "" if truth is None else truth,
+                ";".join(by_name[name]["empty"])]  # fmt: skip
+        rows.append(row)
+    path = run_dir / "predictions.csv"
+    write_csv(path, header, rows)
+    return path
+
+
+METRIC_CSV = ("base_prob", "explanation_prob", "average_drop", "increase", "deletion_auc",
+              "insertion_auc")  # fmt: skip
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def write_metrics_csv(run_dir: Path) -> Path:
+    """metrics.csv: one row per image x method with its metrics and agreement values."""
+    base = ["file", "method", "target_index", "target_name", "top1_index", "truth_index",
+            "empty", "share_above_half", *METRIC_CSV]  # fmt: skip
+    table = results.read_table([run_dir], columns=base)
+    pairs = results.metric_columns(results.read_table([run_dir], columns=[
+        f"{p}{m}" for p in results.PAIR_PREFIXES
+        for m in results.read_run(run_dir)["settings"]["methods"]]))  # fmt: skip
+    table = results.read_table([run_dir], columns=[*base, *pairs])
+    cols = _columns(table, table.column_names)
+    header = ["name", *base, *pairs]
+    order = sorted((n, m, i) for i, (n, m, s) in enumerate(zip(cols["name"], cols["method"],
+                   cols["status"], strict=True)) if s == "ok")  # fmt: skip
+    rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for _, _, i in order]
+    path = run_dir / "metrics.csv"
+    write_csv(path, header, rows)
+    return path
+
+
+def _sample(ctx: RunContext) -> tuple[list[str], torch.Tensor] | None:
+    """The sanity check's own sample: the first N explained images by name, decoded again."""
+    n = ctx.config.sanity_images
+    table = results.read_table([ctx.out_dir], columns=["file"])
+    ok = sorted({(nm, f) for nm, f, s in zip(*(table.column(c).to_pylist() for c in
+                ("name", "file", "status")), strict=True) if s == "ok"})[:n]  # fmt: skip
+    if not ok:
+        return None
+    loaded = ctx.loaded
+    decoded = list(iter_images([results.unescape_path(f) for _, f in ok], size=loaded.input_size,
+                               mean=loaded.mean, std=loaded.std))  # fmt: skip
+    keep = [(nm, d.tensor) for (nm, _), d in zip(ok, decoded, strict=True) if d.error is None]
+    if not keep:
+        return None
+    return [k for k, _ in keep], torch.stack([t for _, t in keep]).to(ctx.device)
+
+
+def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[dict[str, Any]]:
+    """Cascading randomisation (Adebayo et al. 2018) of each method on the run's own sample."""
+    sample = _sample(ctx)
+    if sample is None:
+        return []
+    names, x = sample
+    with torch.no_grad():
+        targets = ctx.loaded.model(x).argmax(dim=1) if ctx.target is None else \
+            torch.full((len(x),), ctx.target, dtype=torch.long, device=x.device)  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for method in ctx.methods:
+        if stop is not None and stop.is_set():
+            break
+        start = time.perf_counter()
+        options = _methods.sanity_options(method, ctx.options[method])
+        produced: list[torch.Tensor] = []
+
+        def explain(model: torch.nn.Module, inputs: torch.Tensor, tg: torch.Tensor,
+                    _m: str = method, _o: dict = options) -> torch.Tensor:  # fmt: skip
+            with _methods.build(_m, model, ctx.layer, _o) as cam:
+                maps = cam(inputs, tg)
+            produced.append(maps.flatten(1))
+            return maps
+
+        steps = sanity_check(ctx.loaded.model, explain, x, targets)
+        for k, step in enumerate(steps, 1):
+            flat = produced[k]
+            empty = (flat.amax(dim=1) <= flat.amin(dim=1)).tolist()
+            for j, name in enumerate(names):
+                rows.append({"method": method, "step": k, "block": step.block, "image": name,
+                             "spearman": float(step.spearman[j]), "empty_randomised": empty[j]})
+        log.info("sanity check: %s on %d image(s) (%.1f s)", method, len(names),
+                 time.perf_counter() - start)  # fmt: skip
+    return rows
+
+
+def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+        out.files[name] = path
+    except Exception as exc:  # noqa: BLE001 - one output failing must not lose the others
+        cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+        line = f"{results.escape_path(path)}: cannot write ({cause})"
+        log.error("%s", line)
+        out.problems.append(line)
+
+
+def build_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
+    """The report of one or several run folders (`camscope.report.build_report`)."""
+    import camscope.report as report
+
+    builder = getattr(report, "build_report", None)
+    if builder is None:
+        from camscope.run._legacy_report import build_report as builder
+    return builder(run_dirs, out_dir)
+
+
+def finalize(ctx: RunContext, record: dict[str, Any], *, state: str,
+             stop: threading.Event | None = None) -> Finalized:  # fmt: skip
+    """Write predictions.csv, metrics.csv, sanity.parquet and the report (when the run has
+    metrics and was not interrupted), then run.json with ``record`` and ``state``."""
+    out, run_dir = Finalized(), ctx.out_dir
+    started = time.perf_counter()
+    _attempt(out, "predictions.csv", run_dir / "predictions.csv",
+             lambda: write_predictions(run_dir, ctx.loaded.categories))  # fmt: skip
+    if ctx.config.metrics and state == "complete":
+        _attempt(out, "metrics.csv", run_dir / "metrics.csv", lambda: write_metrics_csv(run_dir))
+        if ctx.config.sanity_images:
+            path = run_dir / results.SANITY
+            _attempt(out, results.SANITY, path,
+                     lambda: results.write_sanity(run_dir, sanity_rows(ctx, stop)))  # fmt: skip
+        _attempt(out, "report.html", run_dir / "report.html",
+                 lambda: out.files.update(build_report([run_dir], run_dir)))  # fmt: skip
+    record = {**record, "state": state}
+    record.setdefault("seconds", {})["finalize"] = round(time.perf_counter() - started, 2)
+    record["problems"] = list(record.get("problems", [])) + out.problems
+    problem = write_run_json(run_dir, record)
+    if problem is not None:
+        log.error("%s", problem)
+        out.problems.append(problem)
+    else:
+        out.files["run.json"] = run_dir / results.RUN_JSON
+    return out

@@ -1,0 +1,327 @@
+"""The run folder's schema: the ONE module that reads and writes its layout.
+
+Layout (docs/CONTRACT.md, docs/DESIGN.md)::
+
+    DIR/run.json                  settings, settings_hash, state, counts, timings, notes
+    DIR/results/part-*.parquet    the results table: one row per image x method (long format)
+    DIR/sanity.parquet            the sanity check on its own small sample
+    DIR/<method>/<name>.npy|.png  per --save-maps
+    DIR/predictions.csv, metrics.csv, summary.csv, report.html, report.md, grid*.png, plots
+
+Part files are written atomically (temporary name + ``os.replace``) by any number of writers
+(resumed sessions, Ray actors). Reading de-duplicates: for one (key, name, method) the row of
+the part written last wins (mtime, then file name), and a failed row of an input is dropped
+when an ok row exists for it. Evaluation, the report and the benchmarks read only through
+`read_run`, `read_table`, `read_sanity` and `map_path`.
+
+Example::
+
+    >>> from camscope.run import results
+    >>> table = results.read_table(["out"], columns=["name", "method", "deletion_auc"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camscope.io import atomic_open
+
+__all__ = [
+    "DERIVED_FILES",
+    "RunFolderError",
+    "done_keys",
+    "escape_path",
+    "map_path",
+    "metric_columns",
+    "part_files",
+    "read_run",
+    "read_sanity",
+    "read_table",
+    "table_schema",
+    "unescape_path",
+    "validate",
+    "write_part",
+    "write_sanity",
+]
+
+RUN_JSON = "run.json"
+RESULTS = "results"
+SANITY = "sanity.parquet"
+#: Files derived from the table at the end of a run (or by `camscope report`); --overwrite and
+#: the stale-output check know exactly these (plus grid*.png, results/ and the map folders).
+DERIVED_FILES = (
+    "predictions.csv", "metrics.csv", "summary.csv", "sanity.csv", "agreement.csv",
+    "curves.npz", "curves.png", "distributions.png", "report.html", "report.md",
+    "evaluation.json", SANITY,
+)  # fmt: skip
+PAIR_PREFIXES = ("pearson__", "top20_iou__")
+
+
+class RunFolderError(Exception):
+    """A run folder that cannot be read; ``str()`` is one line naming the file."""
+
+
+def escape_path(path: str | os.PathLike[str]) -> str:
+    """A path as text: bytes that are not UTF-8 become ``\\xNN`` (lossless, one line)."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
+def unescape_path(text: str) -> str:
+    """The path `escape_path` wrote as ``text`` (``\\xNN`` back to the byte), as an OS path."""
+    if "\\x" not in text:
+        return text
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                 text.encode("utf-8"))  # fmt: skip
+    return os.fsdecode(raw)
+
+
+def map_path(run_dir: str | Path, method: str, name: str, kind: str = "npy") -> Path:
+    """Where the per-image file of ``kind`` (``npy`` map or ``png`` overlay) lives."""
+    if kind not in ("npy", "png"):
+        raise ValueError(f"kind must be 'npy' or 'png', got {kind!r}")
+    return Path(run_dir) / method / f"{name}.{kind}"
+
+
+def table_schema(methods: Sequence[str]) -> Any:
+    """The pyarrow schema of the results table for a run of ``methods``."""
+    import pyarrow as pa
+
+    f32, i32, s = pa.float32(), pa.int32(), pa.string()
+    fields = [
+        ("key", s), ("name", s), ("file", s), ("settings_hash", s), ("status", s),
+        ("error", s), ("method", s), ("top1_index", i32), ("target_index", i32),
+        ("truth_index", i32), ("top1_name", s), ("target_name", s), ("top1_prob", f32),
+        ("top5_index", pa.list_(i32)), ("top5_prob", pa.list_(f32)), ("empty", pa.bool_()),
+        ("seconds", f32), ("raw", pa.list_(f32)), ("raw_h", pa.int16()), ("raw_w", pa.int16()),
+        ("share_above_half", f32), ("base_prob", f32), ("explanation_prob", f32),
+        ("average_drop", f32), ("deletion_auc", f32), ("insertion_auc", f32),
+        ("increase", pa.bool_()), ("deletion_curve", pa.list_(f32)),
+        ("insertion_curve", pa.list_(f32)),
+    ]  # fmt: skip
+    for prefix in PAIR_PREFIXES:
+        fields += [(f"{prefix}{m}", f32) for m in methods]
+    return pa.schema(fields)
+
+
+def part_files(run_dir: str | Path) -> list[Path]:
+    """The folder's part files, oldest first (mtime, then name)."""
+    folder = Path(run_dir) / RESULTS
+    if not folder.is_dir():
+        return []
+    parts = [p for p in folder.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet"]
+    return sorted(parts, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def write_part(run_dir: str | Path, prefix: str, seq: int, rows: list[dict[str, Any]],
+               methods: Sequence[str]) -> Path:  # fmt: skip
+    """Write ``rows`` as ``results/part-<prefix>-<seq>.parquet`` atomically; returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(run_dir) / RESULTS / f"part-{prefix}-{seq:06d}.parquet"
+    table = pa.Table.from_pylist(rows, schema=table_schema(methods))
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    return path
+
+
+def _read_part(path: Path, columns: Sequence[str] | None) -> Any:
+    import pyarrow.parquet as pq
+
+    try:
+        if columns is None:
+            return pq.read_table(path)
+        names = set(pq.read_schema(path).names)
+        return pq.read_table(path, columns=[c for c in columns if c in names])
+    except Exception as exc:  # noqa: BLE001 - any damage: one line naming the file
+        raise RunFolderError(f"{path}: cannot read results part ({_cause(exc)})") from exc
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _keep_rows(key: Sequence[Any], name: Sequence[Any], method: Sequence[Any],
+               status: Sequence[Any]) -> list[int]:  # fmt: skip
+    """Indices kept by the de-duplication rule (last row per (key, name, method) wins)."""
+    last: dict[tuple[Any, Any, Any], int] = {}
+    for i, ident in enumerate(zip(key, name, method, strict=True)):
+        last[ident] = i
+    ok = {(key[i], name[i]) for i in last.values() if status[i] == "ok"}
+    keep = [i for (k, n, m), i in last.items() if not (m is None and (k, n) in ok)]
+    return sorted(keep)
+
+
+def read_table(run_dirs: str | Path | Iterable[str | Path],
+               columns: Sequence[str] | None = None) -> Any:  # fmt: skip
+    """The results table of one or several run folders, de-duplicated, + a ``run_dir`` column.
+
+    Raises:
+        RunFolderError: a part file that cannot be read (one line naming it).
+    """
+    import pyarrow as pa
+
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    wanted = None if columns is None else [c for c in dict.fromkeys(
+        [*columns, "key", "name", "method", "status"]) if c != "run_dir"]  # fmt: skip
+    tables = []
+    for run_dir in dirs:
+        for path in part_files(run_dir):
+            part = _read_part(path, wanted)
+            tables.append(part.append_column("run_dir", pa.array([str(run_dir)] * len(part))))
+    if not tables:
+        schema = table_schema([])
+        if wanted is not None:
+            schema = pa.schema([f for f in schema if f.name in wanted])
+        return schema.empty_table().append_column("run_dir", pa.array([], pa.string()))
+    table = pa.concat_tables(tables, promote_options="default")
+    cols = {c: table.column(c).to_pylist() for c in ("key", "name", "method", "status")}
+    ident = [f"{d}\0{k}" for d, k in zip(table.column("run_dir").to_pylist(), cols["key"],
+                                           strict=True)]  # fmt: skip
+    table = table.take(pa.array(_keep_rows(ident, cols["name"], cols["method"], cols["status"]),
+                                pa.int64()))  # fmt: skip
+    if wanted is not None:
+        table = table.select([c for c in [*wanted, "run_dir"] if c in table.column_names])
+    return table
+
+
+def metric_columns(table: Any) -> list[str]:
+    """The agreement columns (``pearson__X``, ``top20_iou__X``) present in ``table``."""
+    return [c for c in table.column_names if c.startswith(PAIR_PREFIXES)]
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """run.json as a dict. Raises RunFolderError (one line naming the file) when unusable."""
+    path = Path(run_dir) / RUN_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing (not a camscope run folder?)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(f"{path}: cannot read run state ({_cause(exc)})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        raise RunFolderError(f"{path}: not a camscope 0.2 run.json (no settings)")
+    return data
+
+
+def done_keys(run_dir: str | Path, settings_hash: str,
+              methods: Sequence[str] | None = None) -> set[tuple[str, str]]:  # fmt: skip
+    """(key, name) of the inputs finished under ``settings_hash``: an ok row for every method."""
+    if methods is None:
+        methods = read_run(run_dir).get("settings", {}).get("methods", [])
+    table = read_table([run_dir], columns=["settings_hash"])
+    got: dict[tuple[str, str], set[str]] = {}
+    for k, n, m, s, h in zip(*(table.column(c).to_pylist() for c in
+                               ("key", "name", "method", "status", "settings_hash")),
+                             strict=True):  # fmt: skip
+        if s == "ok" and h == settings_hash:
+            got.setdefault((k, n), set()).add(m)
+    need = set(methods)
+    return {ident for ident, have in got.items() if need <= have}
+
+
+def write_sanity(run_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write the sanity check's rows (method, step, block, image, spearman, empty_randomised)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("method", pa.string()), ("step", pa.int32()), ("block", pa.string()),
+                        ("image", pa.string()), ("spearman", pa.float32()),
+                        ("empty_randomised", pa.bool_())])  # fmt: skip
+    path = Path(run_dir) / SANITY
+    with atomic_open(path, "wb") as fh:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
+    return path
+
+
+def read_sanity(run_dirs: str | Path | Iterable[str | Path]) -> Any:
+    """sanity.parquet of each folder that has one, concatenated, + a ``run_dir`` column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    tables = []
+    for run_dir in dirs:
+        path = Path(run_dir) / SANITY
+        if path.is_file():
+            try:
+                t = pq.read_table(path)
+            except Exception as exc:  # noqa: BLE001
+                raise RunFolderError(f"{path}: cannot read sanity check ({_cause(exc)})") from exc
+            tables.append(t.append_column("run_dir", pa.array([str(run_dir)] * len(t))))
+    if not tables:
+        return pa.table({"method": pa.array([], pa.string()), "run_dir": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _check_map(path: Path, size: tuple[int, int]) -> str | None:
+    """None when ``path`` holds a finite float map of ``size``, else the one-line cause."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return "map missing"
+    except (OSError, ValueError, EOFError) as exc:
+        return f"not a readable .npy map ({_cause(exc)})"
+    if arr.shape != tuple(size):
+        return f"map has shape {arr.shape}, expected {tuple(size)}"
+    if not np.issubdtype(arr.dtype, np.floating):
+        return f"map has dtype {arr.dtype}, expected float32"
+    if not np.isfinite(arr).all():
+        return "map has NaN or infinite values"
+    return None
+
+
+def check_maps(run_dir: str | Path) -> tuple[list[str], set[tuple[str, str]]]:
+    """Problems with the folder's maps, and the (name, method) pairs that must not be measured.
+
+    Checks every ok row: its feature-resolution map in the table (length, finite) and, when
+    the run saved ``.npy`` maps, the file (exists, loads without pickle, shape, finite).
+    """
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    bad: set[tuple[str, str]] = set()
+    settings = read_run(run_dir)["settings"]
+    size = tuple(int(v) for v in settings.get("image_size", (224, 224)))
+    npy = settings.get("save_maps", "both") in ("both", "npy")
+    table = read_table([run_dir], columns=["raw", "raw_h", "raw_w"])
+    for name, method, status, raw, h, w in zip(*(table.column(c).to_pylist() for c in
+            ("name", "method", "status", "raw", "raw_h", "raw_w")), strict=True):  # fmt: skip
+        if status != "ok" or method is None:
+            continue
+        cause = None
+        if raw is None or h is None or w is None or len(raw) != h * w:
+            cause = "feature map in the results table has the wrong length"
+        elif not all(math.isfinite(v) for v in raw):
+            cause = "feature map in the results table has NaN or infinite values"
+        where = f"{run_dir / RESULTS} [{name}, {method}]"
+        if cause is None and npy:
+            where = str(map_path(run_dir, method, name))
+            cause = _check_map(Path(where), size)
+        if cause is not None:
+            problems.append(f"{where}: {cause}")
+            bad.add((name, method))
+    return problems, bad
+
+
+def validate(run_dir: str | Path) -> list[str]:
+    """One line per missing or damaged file of a run folder (empty: nothing found)."""
+    try:
+        read_run(run_dir)
+    except RunFolderError as exc:
+        return [str(exc)]
+    if not part_files(run_dir):
+        return [f"{Path(run_dir) / RESULTS}: no results part files"]
+    try:
+        return check_maps(run_dir)[0]
+    except RunFolderError as exc:
+        return [str(exc)]
