@@ -122,18 +122,25 @@ def _progress(handler: _LineHandler, quiet: bool) -> Callable[[int, int], None] 
 
 def _summary(result: Any, quiet: bool) -> int:
     if result.state == "interrupted":
-        click.echo(f"camscope: interrupted: {result.n_done_before + result.n_explained} of "
-                   f"{result.n_total} image(s) done in {result.out_dir} (run.json: interrupted); "
-                   "the same command resumes", err=True)  # fmt: skip
+        click.echo(
+            f"camscope: interrupted: {result.n_done_before + result.n_explained} of "
+            f"{result.n_total} image(s) done in {result.out_dir} (run.json: interrupted); "
+            "the same command resumes",
+            err=True,
+        )
         return EXIT_INTERRUPTED
     if not quiet:
-        click.echo(f"camscope: {result.n_explained} image(s) explained -> {result.out_dir}"
-                   + (f" ({result.n_done_before} done before)" if result.n_done_before else ""),
-                   err=True)  # fmt: skip
+        click.echo(
+            f"camscope: {result.n_explained} image(s) explained -> {result.out_dir}"
+            + (f" ({result.n_done_before} done before)" if result.n_done_before else ""),
+            err=True,
+        )
     if result.n_failed or result.problems:
-        click.echo(f"camscope: {result.n_failed} input(s) failed, {len(result.problems)} output "
-                   "problem(s) (each said above; also in the results table and run.json)",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"camscope: {result.n_failed} input(s) failed, {len(result.problems)} output "
+            "problem(s) (each said above; also in the results table and run.json)",
+            err=True,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -148,8 +155,11 @@ def _execute(config: Any, quiet: bool) -> int:
         except UsageError as exc:
             return _usage(str(exc))
         except KeyboardInterrupt:
-            click.echo(f"camscope: interrupted: stopped at once; {config.out_dir} keeps the "
-                       "finished images (the same command resumes)", err=True)  # fmt: skip
+            click.echo(
+                f"camscope: interrupted: stopped at once; {config.out_dir} keeps the "
+                "finished images (the same command resumes)",
+                err=True,
+            )
             return EXIT_INTERRUPTED
         finally:
             if handler.bar is not None:
@@ -168,72 +178,166 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-_METHOD_OPTIONS = {"scorecam_variant": "variant", "precision": "precision",
-                   "max_channels": "max_channels"}  # fmt: skip
+_METHOD_OPTIONS = {
+    "scorecam_variant": "variant",
+    "precision": "precision",
+    "max_channels": "max_channels",
+}
 
 
 def _given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
     """Method options the user set on the command line (defaults stay the methods' own)."""
     source = click.core.ParameterSource
-    return {_METHOD_OPTIONS[k]: v for k, v in values.items()
-            if ctx.get_parameter_source(k) not in (source.DEFAULT, None)}  # fmt: skip
+    return {
+        _METHOD_OPTIONS[k]: v
+        for k, v in values.items()
+        if ctx.get_parameter_source(k) not in (source.DEFAULT, None)
+    }
 
 
 _run_options = [
-    click.option("--out", "-o", default="camscope-output", show_default=True,
-                 help="Run folder (an existing run with the same settings is resumed)."),
-    click.option("--methods", "-m", default="gradcam,ablationcam,scorecam", show_default=True,
-                 help="Comma-separated CAM methods (`camscope methods` lists them)."),
-    click.option("--model", default=None,
-                 help="resnet50 (default when its weights can be had), efficientnet_lite0 "
-                 "(bundled, offline), or any torchvision/timm classifier."),
-    click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                 help="Local state dict (.pth/.safetensors) instead of downloading."),
-    click.option("--weights-tag", default=None,
-                 help="torchvision weights tag (default IMAGENET1K_V1 for resnet50)."),
-    click.option("--random-weights", is_flag=True,
-                 help="Seeded random weights for --model (tests and offline smoke runs; the "
-                 "maps mean nothing)."),
-    click.option("--layer", default=None,
-                 help="Target layer, e.g. 'layer4[-1]', 'layer3' (default per model)."),
-    click.option("--target", default=None,
-                 help="Class index or name for every image (default: top-1 prediction)."),
-    click.option("--device", default="auto", show_default=True,
-                 help="auto, cpu, cuda or cuda:N (checked before the first image)."),
-    click.option("--batch-size", "-b", default=8, show_default=True, type=int,
-                 help="Images per batch (also: images per results part file)."),
-    click.option("--scorecam-variant", type=click.Choice(["reference", "pytorch-grad-cam"]),
-                 default="reference", show_default=True,
-                 help="ScoreCAM weights: the authors' or pytorch-grad-cam's."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-                 show_default=True, help="ScoreCAM masked passes: exact fp32 or autocast."),
-    click.option("--max-channels", type=int, default=None,
-                 help="ScoreCAM: score only the K highest-variance channels."),
-    click.option("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, show_default=True,
-                 help="Refuse images with more pixels than this (decompression-bomb guard)."),
-    click.option("--metrics", is_flag=True,
-                 help="Also measure faithfulness per image and write metrics.csv, "
-                 "summary.csv, sanity.parquet, report.html and report.md."),
-    click.option("--labels", type=click.Path(dir_okay=False), default=None,
-                 help="CSV with file and class columns (true labels for accuracy)."),
-    click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
-                 help="Deletion/insertion steps (with --metrics)."),
-    click.option("--sanity-images", type=int, default=8, show_default=True,
-                 help="Images in the sanity check's own sample (with --metrics; 0 skips it). "
-                 "It costs, per method, about (number of model blocks + 1) x this many images' "
-                 "maps: seconds for Grad-CAM, minutes for ScoreCAM on a CPU."),
-    click.option("--save-maps", type=click.Choice(["both", "npy", "png", "none"]),
-                 default="both", show_default=True,
-                 help="Per-image files: the 224x224 float32 .npy map (~200 KB) and/or the .png "
-                 "overlay; the feature-resolution map is always in the results table."),
-    click.option("--inputs-from", type=click.Path(dir_okay=False), default=None,
-                 help="File listing inputs: one path per line, or a CSV with a 'file' column."),
-    click.option("--shard", default=None,
-                 help="I/N: take the I-th of N deterministic parts of the inputs (0-based)."),
-    click.option("--overwrite", is_flag=True,
-                 help="Remove an earlier run's outputs in --out and start afresh."),
+    click.option(
+        "--out",
+        "-o",
+        default="camscope-output",
+        show_default=True,
+        help="Run folder (an existing run with the same settings is resumed).",
+    ),
+    click.option(
+        "--methods",
+        "-m",
+        default="gradcam,ablationcam,scorecam",
+        show_default=True,
+        help="Comma-separated CAM methods (`camscope methods` lists them).",
+    ),
+    click.option(
+        "--model",
+        default=None,
+        help="resnet50 (default when its weights can be had), efficientnet_lite0 "
+        "(bundled, offline), or any torchvision/timm classifier.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local state dict (.pth/.safetensors) instead of downloading.",
+    ),
+    click.option(
+        "--weights-tag",
+        default=None,
+        help="torchvision weights tag (default IMAGENET1K_V1 for resnet50).",
+    ),
+    click.option(
+        "--random-weights",
+        is_flag=True,
+        help="Seeded random weights for --model (tests and offline smoke runs; the "
+        "maps mean nothing).",
+    ),
+    click.option(
+        "--layer",
+        default=None,
+        help="Target layer, e.g. 'layer4[-1]', 'layer3' (default per model).",
+    ),
+    click.option(
+        "--target",
+        default=None,
+        help="Class index or name for every image (default: top-1 prediction).",
+    ),
+    click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="auto, cpu, cuda or cuda:N (checked before the first image).",
+    ),
+    click.option(
+        "--batch-size",
+        "-b",
+        default=8,
+        show_default=True,
+        type=int,
+        help="Images per batch (also: images per results part file).",
+    ),
+    click.option(
+        "--scorecam-variant",
+        type=click.Choice(["reference", "pytorch-grad-cam"]),
+        default="reference",
+        show_default=True,
+        help="ScoreCAM weights: the authors' or pytorch-grad-cam's.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16", "fp16"]),
+        default="fp32",
+        show_default=True,
+        help="ScoreCAM masked passes: exact fp32 or autocast.",
+    ),
+    click.option(
+        "--max-channels",
+        type=int,
+        default=None,
+        help="ScoreCAM: score only the K highest-variance channels.",
+    ),
+    click.option(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help="Refuse images with more pixels than this (decompression-bomb guard).",
+    ),
+    click.option(
+        "--metrics",
+        is_flag=True,
+        help="Also measure faithfulness per image and write metrics.csv, "
+        "summary.csv, sanity.parquet, report.html and report.md.",
+    ),
+    click.option(
+        "--labels",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="CSV with file and class columns (true labels for accuracy).",
+    ),
+    click.option(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        show_default=True,
+        help="Deletion/insertion steps (with --metrics).",
+    ),
+    click.option(
+        "--sanity-images",
+        type=int,
+        default=8,
+        show_default=True,
+        help="Images in the sanity check's own sample (with --metrics; 0 skips it). "
+        "It costs, per method, about (number of model blocks + 1) x this many images' "
+        "maps: seconds for Grad-CAM, minutes for ScoreCAM on a CPU.",
+    ),
+    click.option(
+        "--save-maps",
+        type=click.Choice(["both", "npy", "png", "none"]),
+        default="both",
+        show_default=True,
+        help="Per-image files: the 224x224 float32 .npy map (~200 KB) and/or the .png "
+        "overlay; the feature-resolution map is always in the results table.",
+    ),
+    click.option(
+        "--inputs-from",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="File listing inputs: one path per line, or a CSV with a 'file' column.",
+    ),
+    click.option(
+        "--shard",
+        default=None,
+        help="I/N: take the I-th of N deterministic parts of the inputs (0-based).",
+    ),
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Remove an earlier run's outputs in --out and start afresh.",
+    ),
     click.option("--quiet", "-q", is_flag=True, help="Errors and warnings only."),
-]  # fmt: skip
+]
 
 
 def _add_options(func):  # type: ignore[no-untyped-def]
@@ -252,8 +356,14 @@ def main() -> None:
 @click.argument("inputs", nargs=-1)
 @_add_options
 @click.pass_context
-def run(ctx: click.Context, inputs: tuple[str, ...], methods: str, quiet: bool,
-        shard: str | None, **kwargs: Any) -> None:  # fmt: skip
+def run(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    methods: str,
+    quiet: bool,
+    shard: str | None,
+    **kwargs: Any,
+) -> None:
     """Explain INPUTS (image files, folders searched recursively, or globs)."""
     from camscope.run import RunConfig
 
@@ -274,8 +384,12 @@ def run(ctx: click.Context, inputs: tuple[str, ...], methods: str, quiet: bool,
 @click.option("--out", "-o", default="camscope-demo", show_default=True, help="Output folder.")
 @click.option("--model", default=None, help="Model (default: the default model).")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--metrics/--no-metrics", default=False, show_default=True,
-              help="Also measure faithfulness and write the report.")  # fmt: skip
+@click.option(
+    "--metrics/--no-metrics",
+    default=False,
+    show_default=True,
+    help="Also measure faithfulness and write the report.",
+)
 @click.option("--quiet", "-q", is_flag=True)
 def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -> None:
     """Run the default methods on scikit-image's sample photos, offline."""
@@ -292,11 +406,19 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
             save_png(inputs_dir / f"{name}.png", image)
     except OSError as exc:
         sys.exit(_usage(f"{out}: cannot write demo inputs ({exc})"))
-    config = RunConfig(inputs=(str(inputs_dir),), out_dir=out, model=model, device=device,
-                       metrics=metrics, argv=tuple(sys.argv))  # fmt: skip
+    config = RunConfig(
+        inputs=(str(inputs_dir),),
+        out_dir=out,
+        model=model,
+        device=device,
+        metrics=metrics,
+        argv=tuple(sys.argv),
+    )
     code = _execute(config, quiet)
-    click.echo(f"camscope demo: results in {Path(out).resolve()} (grid.png, <method>/, "
-               f"predictions.csv, run.json{', report.html, report.md' if metrics else ''})")
+    click.echo(
+        f"camscope demo: results in {Path(out).resolve()} (grid.png, <method>/, "
+        f"predictions.csv, run.json{', report.html, report.md' if metrics else ''})"
+    )
     sys.exit(code)
 
 
@@ -304,12 +426,18 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--labels", type=click.Path(dir_okay=False), default=None)
 @click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True)
-@click.option("--sanity-images", type=int, default=8, show_default=True,
-              help="Images in the sanity check's own sample (0 skips it).")
+@click.option(
+    "--sanity-images",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Images in the sanity check's own sample (0 skips it).",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
-def evaluate(run_dir: str, labels: str | None, steps: int, sanity_images: int, device: str,
-             quiet: bool) -> None:  # fmt: skip
+def evaluate(
+    run_dir: str, labels: str | None, steps: int, sanity_images: int, device: str, quiet: bool
+) -> None:
     """Measure faithfulness of a finished run (made without --metrics) and write its report.
 
     The folder is checked first: every missing or damaged map is said on one line and left
@@ -321,8 +449,14 @@ def evaluate(run_dir: str, labels: str | None, steps: int, sanity_images: int, d
     stop = threading.Event()
     with _reporting(quiet), _sigint(stop):
         try:
-            result = evaluate_folder(run_dir, steps=steps, labels=labels, device=device,
-                                     sanity_images=sanity_images, stop=stop)  # fmt: skip
+            result = evaluate_folder(
+                run_dir,
+                steps=steps,
+                labels=labels,
+                device=device,
+                sanity_images=sanity_images,
+                stop=stop,
+            )
         except UsageError as exc:
             sys.exit(_usage(str(exc)))
         except KeyboardInterrupt:
@@ -338,8 +472,12 @@ def evaluate(run_dir: str, labels: str | None, steps: int, sanity_images: int, d
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--out", "-o", default=None,
-              help="Where to write the report (default: the run folder when there is one).")
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    help="Where to write the report (default: the run folder when there is one).",
+)
 @click.option("--quiet", "-q", is_flag=True)
 def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
     """Build one summary and report from one or several run folders (e.g. shards)."""

@@ -94,16 +94,17 @@ def test_layout_and_values(cli_run):
             assert overlay.size == (224, 224) and overlay.mode == "RGB"
     cat = next(row for row in rows if row["file"].endswith("cat.jpg"))
     assert 281 <= int(cat["top1_index"]) <= 285  # a cat class
-    assert cat["model"] == "efficientnet_lite0" and cat["layer"] == "bn2"
     probs = [float(cat[f"top{k}_prob"]) for k in range(1, 6)]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     assert Image.open(out / "grid.png").size[0] > 0
     run = json.loads((out / "run.json").read_text())
-    assert run["n_images"] == 4 and run["methods"] == ["gradcam", "ablationcam", "scorecam"]
-    assert len(run["failures"]) == 4
-    assert set(run["seconds_per_method"]) == {"gradcam", "ablationcam", "scorecam"}
-    assert run["max_channels"] == 8
-    assert run["scorecam_engine"] == "eager fp32"  # 4 x 8 masked passes: not worth compiling
+    assert run["model"] == "efficientnet_lite0" and run["layer"] == "bn2"
+    assert run["state"] == "complete"
+    assert run["counts"]["explained"] == 4 and run["counts"]["failed"] == 4
+    assert run["methods"] == ["gradcam", "ablationcam", "scorecam"]
+    assert {f"method_{m}" for m in run["methods"]} <= set(run["seconds"])
+    assert run["settings"]["method_options"]["scorecam"]["max_channels"] == 8
+    assert run["weights_tag"] is None and "efficientnet" in run["weights_source"]
     assert not list(out.rglob("*.tmp"))  # nothing half-written
 
 

@@ -113,12 +113,15 @@ def gather(config: RunConfig) -> tuple[list[Path], list[WorkItem], list[str]]:
     given = list(config.inputs)
     if config.inputs_from:
         given += read_inputs_from(config.inputs_from)
-    paths, errors = collect_inputs(given)
     out = Path(config.out_dir).resolve()
+    paths, errors = collect_inputs(given, exclude=[out])
     kept = [p for p in paths if not _inside(p, out)]
     if len(kept) < len(paths):
-        log.info("collect: %d file(s) inside the run folder %s are not inputs",
-                 len(paths) - len(kept), config.out_dir)  # fmt: skip
+        log.info(
+            "collect: %d file(s) inside the run folder %s are not inputs",
+            len(paths) - len(kept),
+            config.out_dir,
+        )
     roots = [Path(g) for g in given if os.path.isdir(g)]
     roots.sort(key=lambda r: len(r.parts), reverse=True)  # the innermost root wins
     failures = [WorkItem(Path(e.path), "", _missing_key(e.path), e.cause) for e in errors]

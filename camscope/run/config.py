@@ -178,9 +178,7 @@ def _check_out_dir(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".camscope-probe-"):
             pass
     except OSError as exc:
-        raise UsageError(
-            f"{out}: output folder cannot be written ({exc.strerror or exc})"
-        ) from exc
+        raise UsageError(f"{out}: output folder cannot be written ({exc.strerror or exc})") from exc
 
 
 def _load(config: RunConfig, device: torch.device) -> LoadedModel:
@@ -190,8 +188,9 @@ def _load(config: RunConfig, device: torch.device) -> LoadedModel:
         return random_model(config.model, device)
     from camscope.models import load_model
 
-    return load_model(config.model, weights=config.weights, weights_tag=config.weights_tag,
-                      device=device)  # fmt: skip
+    return load_model(
+        config.model, weights=config.weights, weights_tag=config.weights_tag, device=device
+    )
 
 
 def _check_layer(loaded: LoadedModel, layer: str, device: torch.device) -> None:
@@ -266,8 +265,9 @@ def _resolve_methods(config: RunConfig) -> tuple[list[str], dict[str, dict[str, 
         raise UsageError(str(exc)) from exc
 
 
-def prepare(config: RunConfig, *, check_folder: bool = True,
-            loaded: LoadedModel | None = None) -> RunContext:
+def prepare(
+    config: RunConfig, *, check_folder: bool = True, loaded: LoadedModel | None = None
+) -> RunContext:
     """Check every option and load what the run needs; creates nothing on disk.
 
     Args:

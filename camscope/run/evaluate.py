@@ -49,12 +49,20 @@ def _config(run_dir: Path, run: dict[str, Any], **given: Any) -> RunConfig:
     s = run["settings"]
     options = {k: v for opts in s.get("method_options", {}).values() for k, v in opts.items()}
     return RunConfig(
-        inputs=(str(run_dir),), out_dir=str(run_dir), methods=tuple(s["methods"]),
-        method_options=options, model=s["model"], weights=run.get("weights_file"),
+        inputs=(str(run_dir),),
+        out_dir=str(run_dir),
+        methods=tuple(s["methods"]),
+        method_options=options,
+        model=s["model"],
+        weights=run.get("weights_file"),
         weights_tag=run.get("weights_tag"),
-        random_weights=str(s.get("weights", "")).startswith("random"), layer=s["layer"],
-        target=s.get("target"), save_maps=s.get("save_maps", "both"), metrics=True, **given,
-    )  # fmt: skip
+        random_weights=str(s.get("weights", "")).startswith("random"),
+        layer=s["layer"],
+        target=s.get("target"),
+        save_maps=s.get("save_maps", "both"),
+        metrics=True,
+        **given,
+    )
 
 
 def _check_labels(labels: str | None) -> None:
@@ -80,12 +88,23 @@ def _maps(ctx: RunContext, rows: list[dict[str, Any]]) -> torch.Tensor:
     return torch.stack(out).to(ctx.device)
 
 
-def _measure(ctx: RunContext, explainer: BatchExplainer, group: list[list[dict[str, Any]]],
-             prefix: str, seq: int) -> tuple[int, list[str]]:  # fmt: skip
+def _measure(
+    ctx: RunContext,
+    explainer: BatchExplainer,
+    group: list[list[dict[str, Any]]],
+    prefix: str,
+    seq: int,
+) -> tuple[int, list[str]]:
     """Measure one batch of images (each a list of rows, one per method); write a part."""
     loaded, problems = ctx.loaded, []
-    decoded = list(iter_images([results.unescape_path(rows[0]["file"]) for rows in group],
-                               size=loaded.input_size, mean=loaded.mean, std=loaded.std))
+    decoded = list(
+        iter_images(
+            [results.unescape_path(rows[0]["file"]) for rows in group],
+            size=loaded.input_size,
+            mean=loaded.mean,
+            std=loaded.std,
+        )
+    )
     keep = []
     for rows, image in zip(group, decoded, strict=True):
         if image.error is not None:
@@ -97,10 +116,12 @@ def _measure(ctx: RunContext, explainer: BatchExplainer, group: list[list[dict[s
         return 0, problems
     x = torch.stack([t for _, t in keep]).to(ctx.device)
     targets = torch.tensor([rows[0]["target_index"] for rows, _ in keep], device=ctx.device)
-    methods = [m for m in ctx.methods if all(any(r["method"] == m for r in rows)
-                                             for rows, _ in keep)]  # fmt: skip
-    by_method = {m: [next(r for r in rows if r["method"] == m) for rows, _ in keep]
-                 for m in methods}  # fmt: skip
+    methods = [
+        m for m in ctx.methods if all(any(r["method"] == m for r in rows) for rows, _ in keep)
+    ]
+    by_method = {
+        m: [next(r for r in rows if r["method"] == m) for rows, _ in keep] for m in methods
+    }
     measured = explainer.metrics(x, {m: _maps(ctx, rs) for m, rs in by_method.items()}, targets)
     out = []
     for m, rs in by_method.items():
@@ -108,27 +129,39 @@ def _measure(ctx: RunContext, explainer: BatchExplainer, group: list[list[dict[s
             new = {**row, "settings_hash": ctx.settings_hash}
             for key, value in measured[m].items():
                 v = value[j].detach().cpu()
-                new[key] = v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool
-                                                        else float(v))  # fmt: skip
+                new[key] = (
+                    v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool else float(v))
+                )
             out.append(new)
     results.write_part(ctx.out_dir, prefix, seq, out, ctx.methods)
     return len(keep), problems
 
 
-def _groups(table: Any, skip: set[tuple[str, str]], settings_hash: str,
-            size: int) -> list[list[list[dict[str, Any]]]]:  # fmt: skip
+def _groups(
+    table: Any, skip: set[tuple[str, str]], settings_hash: str, size: int
+) -> list[list[list[dict[str, Any]]]]:
     images: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in table.drop_columns(["run_dir"]).to_pylist():
-        if row["status"] == "ok" and row["settings_hash"] != settings_hash \
-                and (row["name"], row["method"]) not in skip:  # fmt: skip
+        if (
+            row["status"] == "ok"
+            and row["settings_hash"] != settings_hash
+            and (row["name"], row["method"]) not in skip
+        ):
             images.setdefault((row["key"], row["name"]), []).append(row)
     ordered = [images[k] for k in sorted(images, key=lambda k: k[1])]
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def evaluate_folder(run_dir: str | Path, *, steps: int, labels: str | None = None,
-                    device: str = "auto", sanity_images: int = 8, batch_size: int = 8,
-                    stop: threading.Event | None = None) -> Evaluated:  # fmt: skip
+def evaluate_folder(
+    run_dir: str | Path,
+    *,
+    steps: int,
+    labels: str | None = None,
+    device: str = "auto",
+    sanity_images: int = 8,
+    batch_size: int = 8,
+    stop: threading.Event | None = None,
+) -> Evaluated:
     """Check ``run_dir``, measure every intact map not yet measured, write the report.
 
     Raises:
@@ -144,15 +177,26 @@ def evaluate_folder(run_dir: str | Path, *, steps: int, labels: str | None = Non
     for line in problems:
         log.error("%s", line)
     _check_labels(labels)
-    ctx = prepare(_config(run_dir, run, steps=steps, labels=labels, device=device,
-                          sanity_images=sanity_images, batch_size=batch_size),
-                  check_folder=False)  # fmt: skip
+    ctx = prepare(
+        _config(
+            run_dir,
+            run,
+            steps=steps,
+            labels=labels,
+            device=device,
+            sanity_images=sanity_images,
+            batch_size=batch_size,
+        ),
+        check_folder=False,
+    )
     old = {k: v for k, v in run["settings"].items() if k not in _FREE}
     new = {k: v for k, v in ctx.settings.items() if k not in _FREE}
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise UsageError(f"{run_dir}: the model loaded now differs from the run's "
-                         f"({', '.join(diff)}); cannot evaluate its maps")  # fmt: skip
+        raise UsageError(
+            f"{run_dir}: the model loaded now differs from the run's "
+            f"({', '.join(diff)}); cannot evaluate its maps"
+        )
     table = results.read_table([run_dir])
     explainer, prefix, n, state = BatchExplainer(ctx), f"eval-{session_prefix()}", 0, "complete"
     try:
@@ -165,7 +209,11 @@ def evaluate_folder(run_dir: str | Path, *, steps: int, labels: str | None = Non
     finally:
         explainer.close()
     log.info("evaluate: %d image(s) measured (%.1f s)", n, explainer.seconds["metrics"])
-    record = {**run, "settings": ctx.settings, "settings_hash": ctx.settings_hash,
-              "problems": problems}  # fmt: skip
+    record = {
+        **run,
+        "settings": ctx.settings,
+        "settings_hash": ctx.settings_hash,
+        "problems": problems,
+    }
     final = finalize(ctx, record, state=state, stop=stop)
     return Evaluated(state, final.files, problems + final.problems, n)

@@ -62,8 +62,15 @@ class BatchOutput:
 
 def failed_row(item: WorkItem, error: str, settings_hash: str, method: str | None = None) -> dict:
     """The table row of an input (or of one method on it) that failed."""
-    return {"key": item.key, "name": item.name, "file": item.file, "status": "failed",
-            "error": error, "method": method, "settings_hash": settings_hash}  # fmt: skip
+    return {
+        "key": item.key,
+        "name": item.name,
+        "file": item.file,
+        "status": "failed",
+        "error": error,
+        "method": method,
+        "settings_hash": settings_hash,
+    }
 
 
 class BatchExplainer:
@@ -117,8 +124,9 @@ class BatchExplainer:
             try:
                 results[method] = cam.explain(x, self.ctx.target)
             except (RuntimeError, ValueError) as exc:
-                failed += [failed_row(it, one_line(exc), self.ctx.settings_hash, method)
-                           for it in items]  # fmt: skip
+                failed += [
+                    failed_row(it, one_line(exc), self.ctx.settings_hash, method) for it in items
+                ]
                 log.error("%s", f"{len(items)} image(s) [{method}]: {one_line(exc)}")
             if x.device.type == "cuda":
                 torch.cuda.synchronize(x.device)
@@ -128,8 +136,9 @@ class BatchExplainer:
                 self.counters[method][key] = self.counters[method].get(key, 0.0) + value
         return results, failed
 
-    def metrics(self, x: torch.Tensor, maps: dict[str, torch.Tensor],
-                 targets: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:  # fmt: skip
+    def metrics(
+        self, x: torch.Tensor, maps: dict[str, torch.Tensor], targets: torch.Tensor
+    ) -> dict[str, dict[str, torch.Tensor]]:
         """Faithfulness of each method's (B, H, W) maps of ``x`` (empty without --metrics)."""
         if self.engine is None or not maps:
             return {}
@@ -139,14 +148,27 @@ class BatchExplainer:
         base = target_probabilities(self.engine, x, targets, batch_size=METRICS_BATCH)
         out = {}
         for method, m in maps.items():
-            f = faithfulness(self.engine, x, m, targets, mean=loaded.mean, std=loaded.std,
-                             steps=cfg.steps, batch_size=METRICS_BATCH, base_prob=base)  # fmt: skip
+            f = faithfulness(
+                self.engine,
+                x,
+                m,
+                targets,
+                mean=loaded.mean,
+                std=loaded.std,
+                steps=cfg.steps,
+                batch_size=METRICS_BATCH,
+                base_prob=base,
+            )
             out[method] = {
-                "base_prob": f.base_prob, "explanation_prob": f.explanation_prob,
-                "average_drop": f.average_drop, "increase": f.increase,
-                "deletion_auc": f.deletion_auc, "insertion_auc": f.insertion_auc,
-                "deletion_curve": f.deletion_curve, "insertion_curve": f.insertion_curve,
-            }  # fmt: skip
+                "base_prob": f.base_prob,
+                "explanation_prob": f.explanation_prob,
+                "average_drop": f.average_drop,
+                "increase": f.increase,
+                "deletion_auc": f.deletion_auc,
+                "insertion_auc": f.insertion_auc,
+                "deletion_curve": f.deletion_curve,
+                "insertion_curve": f.insertion_curve,
+            }
         self.seconds["metrics"] += time.perf_counter() - start
         return out
 
@@ -175,8 +197,10 @@ class BatchExplainer:
         top_p, top_i = (t.cpu() for t in probs.topk(5, dim=1))
         cats = self.ctx.loaded.categories
         for method, result in results.items():
-            cpu = {k: v.detach().cpu() for k, v in {**per_method.get(method, {}),
-                                                     **agree[method]}.items()}  # fmt: skip
+            cpu = {
+                k: v.detach().cpu()
+                for k, v in {**per_method.get(method, {}), **agree[method]}.items()
+            }
             raw = result.raw.detach().float().cpu()
             share = (maps[method] > 0.5).flatten(1).float().mean(dim=1).cpu()
             empty = result.empty.cpu()
@@ -184,20 +208,33 @@ class BatchExplainer:
             for j, item in enumerate(items):
                 t, top1 = int(targets[j]), int(top_i[j, 0])
                 row = {
-                    "key": item.key, "name": item.name, "file": item.file,
-                    "settings_hash": self.ctx.settings_hash, "status": "ok", "error": None,
-                    "method": method, "top1_index": top1, "target_index": t,
-                    "truth_index": self._truth(item), "top1_name": cats[top1],
-                    "target_name": cats[t], "top1_prob": float(top_p[j, 0]),
-                    "top5_index": top_i[j].tolist(), "top5_prob": top_p[j].tolist(),
-                    "empty": bool(empty[j]), "seconds": seconds, "raw": raw[j].flatten().tolist(),
-                    "raw_h": raw.shape[1], "raw_w": raw.shape[2],
+                    "key": item.key,
+                    "name": item.name,
+                    "file": item.file,
+                    "settings_hash": self.ctx.settings_hash,
+                    "status": "ok",
+                    "error": None,
+                    "method": method,
+                    "top1_index": top1,
+                    "target_index": t,
+                    "truth_index": self._truth(item),
+                    "top1_name": cats[top1],
+                    "target_name": cats[t],
+                    "top1_prob": float(top_p[j, 0]),
+                    "top5_index": top_i[j].tolist(),
+                    "top5_prob": top_p[j].tolist(),
+                    "empty": bool(empty[j]),
+                    "seconds": seconds,
+                    "raw": raw[j].flatten().tolist(),
+                    "raw_h": raw.shape[1],
+                    "raw_w": raw.shape[2],
                     "share_above_half": float(share[j]),
-                }  # fmt: skip
+                }
                 for key, value in cpu.items():
                     v = value[j]
-                    row[key] = v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool
-                                                            else float(v))  # fmt: skip
+                    row[key] = (
+                        v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool else float(v))
+                    )
                 out.rows.append(row)
             out.maps[method] = maps[method].detach().cpu().numpy().astype(np.float32, copy=False)
         return out

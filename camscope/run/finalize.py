@@ -43,8 +43,18 @@ def _columns(table: Any, names: list[str]) -> dict[str, list[Any]]:
 
 def write_predictions(run_dir: Path, categories: list[str]) -> Path:
     """predictions.csv: one row per explained image (top-5, target, truth, empty maps)."""
-    table = results.read_table([run_dir], columns=["file", "top5_index", "top5_prob",
-        "target_index", "target_name", "truth_index", "empty"])  # fmt: skip
+    table = results.read_table(
+        [run_dir],
+        columns=[
+            "file",
+            "top5_index",
+            "top5_prob",
+            "target_index",
+            "target_name",
+            "truth_index",
+            "empty",
+        ],
+    )
     cols = _columns(table, table.column_names)
     by_name: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(cols["name"]):
@@ -64,16 +74,26 @@ def write_predictions(run_dir: Path, categories: list[str]) -> Path:
         for idx, prob in zip(cols["top5_index"][i], cols["top5_prob"][i], strict=True):
             row += [idx, categories[idx] if 0 <= idx < len(categories) else idx, f"{prob:.6f}"]
         truth = cols["truth_index"][i]
-        row += [cols["target_index"][i], cols["target_name"][i], "" if truth is None else truth,
-                ";".join(by_name[name]["empty"])]  # fmt: skip
+        row += [
+            cols["target_index"][i],
+            cols["target_name"][i],
+            "" if truth is None else truth,
+            ";".join(by_name[name]["empty"]),
+        ]
         rows.append(row)
     path = run_dir / "predictions.csv"
     write_csv(path, header, rows)
     return path
 
 
-METRIC_CSV = ("base_prob", "explanation_prob", "average_drop", "increase", "deletion_auc",
-              "insertion_auc")  # fmt: skip
+METRIC_CSV = (
+    "base_prob",
+    "explanation_prob",
+    "average_drop",
+    "increase",
+    "deletion_auc",
+    "insertion_auc",
+)
 
 
 def _cell(value: Any) -> Any:
@@ -86,17 +106,38 @@ def _cell(value: Any) -> Any:
 
 def write_metrics_csv(run_dir: Path) -> Path:
     """metrics.csv: one row per image x method with its metrics and agreement values."""
-    base = ["file", "method", "target_index", "target_name", "top1_index", "truth_index",
-            "empty", "share_above_half", *METRIC_CSV]  # fmt: skip
+    base = [
+        "file",
+        "method",
+        "target_index",
+        "target_name",
+        "top1_index",
+        "truth_index",
+        "empty",
+        "share_above_half",
+        *METRIC_CSV,
+    ]
     table = results.read_table([run_dir], columns=base)
-    pairs = results.metric_columns(results.read_table([run_dir], columns=[
-        f"{p}{m}" for p in results.PAIR_PREFIXES
-        for m in results.read_run(run_dir)["settings"]["methods"]]))  # fmt: skip
+    pairs = results.metric_columns(
+        results.read_table(
+            [run_dir],
+            columns=[
+                f"{p}{m}"
+                for p in results.PAIR_PREFIXES
+                for m in results.read_run(run_dir)["settings"]["methods"]
+            ],
+        )
+    )
     table = results.read_table([run_dir], columns=[*base, *pairs])
     cols = _columns(table, table.column_names)
     header = ["name", *base, *pairs]
-    order = sorted((n, m, i) for i, (n, m, s) in enumerate(zip(cols["name"], cols["method"],
-                   cols["status"], strict=True)) if s == "ok")  # fmt: skip
+    order = sorted(
+        (n, m, i)
+        for i, (n, m, s) in enumerate(
+            zip(cols["name"], cols["method"], cols["status"], strict=True)
+        )
+        if s == "ok"
+    )
     rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for _, _, i in order]
     path = run_dir / "metrics.csv"
     write_csv(path, header, rows)
@@ -107,13 +148,26 @@ def _sample(ctx: RunContext) -> tuple[list[str], torch.Tensor] | None:
     """The sanity check's own sample: the first N explained images by name, decoded again."""
     n = ctx.config.sanity_images
     table = results.read_table([ctx.out_dir], columns=["file"])
-    ok = sorted({(nm, f) for nm, f, s in zip(*(table.column(c).to_pylist() for c in
-                ("name", "file", "status")), strict=True) if s == "ok"})[:n]  # fmt: skip
+    ok = sorted(
+        {
+            (nm, f)
+            for nm, f, s in zip(
+                *(table.column(c).to_pylist() for c in ("name", "file", "status")), strict=True
+            )
+            if s == "ok"
+        }
+    )[:n]
     if not ok:
         return None
     loaded = ctx.loaded
-    decoded = list(iter_images([results.unescape_path(f) for _, f in ok], size=loaded.input_size,
-                               mean=loaded.mean, std=loaded.std))  # fmt: skip
+    decoded = list(
+        iter_images(
+            [results.unescape_path(f) for _, f in ok],
+            size=loaded.input_size,
+            mean=loaded.mean,
+            std=loaded.std,
+        )
+    )
     keep = [(nm, d.tensor) for (nm, _), d in zip(ok, decoded, strict=True) if d.error is None]
     if not keep:
         return None
@@ -127,32 +181,41 @@ def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[di
         return []
     names, x = sample
     with torch.no_grad():
-        targets = ctx.loaded.model(x).argmax(dim=1) if ctx.target is None else \
-            torch.full((len(x),), ctx.target, dtype=torch.long, device=x.device)  # fmt: skip
+        targets = (
+            ctx.loaded.model(x).argmax(dim=1)
+            if ctx.target is None
+            else torch.full((len(x),), ctx.target, dtype=torch.long, device=x.device)
+        )
     rows: list[dict[str, Any]] = []
     for method in ctx.methods:
         if stop is not None and stop.is_set():
             break
         start = time.perf_counter()
         options = _methods.sanity_options(method, ctx.options[method])
-        produced: list[torch.Tensor] = []
 
-        def explain(model: torch.nn.Module, inputs: torch.Tensor, tg: torch.Tensor,
-                    _m: str = method, _o: dict = options) -> torch.Tensor:  # fmt: skip
+        def explain(
+            model: torch.nn.Module,
+            inputs: torch.Tensor,
+            tg: torch.Tensor,
+            _m: str = method,
+            _o: dict = options,
+        ) -> torch.Tensor:
             with _methods.build(_m, model, ctx.layer, _o) as cam:
-                maps = cam(inputs, tg)
-            produced.append(maps.flatten(1))
-            return maps
+                return cam(inputs, tg)
 
-        steps = sanity_check(ctx.loaded.model, explain, x, targets)
-        for k, step in enumerate(steps, 1):
-            flat = produced[k]
-            empty = (flat.amax(dim=1) <= flat.amin(dim=1)).tolist()
-            for j, name in enumerate(names):
-                rows.append({"method": method, "step": k, "block": step.block, "image": name,
-                             "spearman": float(step.spearman[j]), "empty_randomised": empty[j]})
-        log.info("sanity check: %s on %d image(s) (%.1f s)", method, len(names),
-                 time.perf_counter() - start)  # fmt: skip
+        for k, step in enumerate(sanity_check(ctx.loaded.model, explain, x, targets), 1):
+            empty = [False] * len(names) if step.empty is None else step.empty.tolist()
+            rows += [
+                {"method": method, "step": k, "block": step.block, "image": name,
+                 "spearman": float(step.spearman[j]), "empty_randomised": bool(empty[j])}
+                for j, name in enumerate(names)
+            ]  # fmt: skip
+        log.info(
+            "sanity check: %s on %d image(s) (%.1f s)",
+            method,
+            len(names),
+            time.perf_counter() - start,
+        )
     return rows
 
 
@@ -177,22 +240,35 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     return builder(run_dirs, out_dir)
 
 
-def finalize(ctx: RunContext, record: dict[str, Any], *, state: str,
-             stop: threading.Event | None = None) -> Finalized:  # fmt: skip
+def finalize(
+    ctx: RunContext, record: dict[str, Any], *, state: str, stop: threading.Event | None = None
+) -> Finalized:
     """Write predictions.csv, metrics.csv, sanity.parquet and the report (when the run has
     metrics and was not interrupted), then run.json with ``record`` and ``state``."""
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
-    _attempt(out, "predictions.csv", run_dir / "predictions.csv",
-             lambda: write_predictions(run_dir, ctx.loaded.categories))  # fmt: skip
+    _attempt(
+        out,
+        "predictions.csv",
+        run_dir / "predictions.csv",
+        lambda: write_predictions(run_dir, ctx.loaded.categories),
+    )
     if ctx.config.metrics and state == "complete":
         _attempt(out, "metrics.csv", run_dir / "metrics.csv", lambda: write_metrics_csv(run_dir))
         if ctx.config.sanity_images:
             path = run_dir / results.SANITY
-            _attempt(out, results.SANITY, path,
-                     lambda: results.write_sanity(run_dir, sanity_rows(ctx, stop)))  # fmt: skip
-        _attempt(out, "report.html", run_dir / "report.html",
-                 lambda: out.files.update(build_report([run_dir], run_dir)))  # fmt: skip
+            _attempt(
+                out,
+                results.SANITY,
+                path,
+                lambda: results.write_sanity(run_dir, sanity_rows(ctx, stop)),
+            )
+        _attempt(
+            out,
+            "report.html",
+            run_dir / "report.html",
+            lambda: out.files.update(build_report([run_dir], run_dir)),
+        )
     record = {**record, "state": state}
     record.setdefault("seconds", {})["finalize"] = round(time.perf_counter() - started, 2)
     record["problems"] = list(record.get("problems", [])) + out.problems

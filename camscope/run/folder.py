@@ -68,8 +68,11 @@ def _remove(out: Path, entries: list[Path]) -> None:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} in the folder, {new.get(k)!r} now" for k in keys
-            if old.get(k) != new.get(k)]  # fmt: skip
+    return [
+        f"{k}: {old.get(k)!r} in the folder, {new.get(k)!r} now"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
 
 
 def open_run(ctx: RunContext) -> dict[str, Any]:
@@ -93,12 +96,16 @@ def open_run(ctx: RunContext) -> dict[str, Any]:
         try:
             previous = results.read_run(out)
         except results.RunFolderError as exc:
-            raise UsageError(f"{exc}; {out} holds outputs that are not a camscope 0.2 run: "
-                             "use --overwrite to replace them, or another --out") from None
+            raise UsageError(
+                f"{exc}; {out} holds outputs that are not a camscope 0.2 run: "
+                "use --overwrite to replace them, or another --out"
+            ) from None
         if previous.get("settings_hash") != ctx.settings_hash:
             diff = _differences(previous.get("settings", {}), ctx.settings)
-            raise UsageError(f"{out} holds a run with other settings ({'; '.join(diff) or '?'}); "
-                             "use --overwrite to replace it, or another --out")  # fmt: skip
+            raise UsageError(
+                f"{out} holds a run with other settings ({'; '.join(diff) or '?'}); "
+                "use --overwrite to replace it, or another --out"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

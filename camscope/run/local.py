@@ -59,11 +59,17 @@ class RunResult:
         return self.state == "complete" and not self.n_failed and not self.problems
 
 
-def _batches(items: list[WorkItem], ctx: RunContext,
-             writer: RunWriter) -> Iterator[tuple[list[WorkItem], list[LoadedImage]]]:  # fmt: skip
+def _batches(
+    items: list[WorkItem], ctx: RunContext, writer: RunWriter
+) -> Iterator[tuple[list[WorkItem], list[LoadedImage]]]:
     loaded, size = ctx.loaded, ctx.config.batch_size
-    decoded = iter_images([it.path for it in items], size=loaded.input_size, mean=loaded.mean,
-                          std=loaded.std, max_pixels=ctx.config.max_pixels)  # fmt: skip
+    decoded = iter_images(
+        [it.path for it in items],
+        size=loaded.input_size,
+        mean=loaded.mean,
+        std=loaded.std,
+        max_pixels=ctx.config.max_pixels,
+    )
     batch: list[tuple[WorkItem, LoadedImage]] = []
     try:
         for item, image in zip(items, decoded, strict=True):
@@ -80,8 +86,14 @@ def _batches(items: list[WorkItem], ctx: RunContext,
         decoded.close()
 
 
-def _explain_all(ctx: RunContext, todo: Plan, writer: RunWriter, explainer: BatchExplainer,
-                 stop: threading.Event | None, progress: Progress | None) -> str:  # fmt: skip
+def _explain_all(
+    ctx: RunContext,
+    todo: Plan,
+    writer: RunWriter,
+    explainer: BatchExplainer,
+    stop: threading.Event | None,
+    progress: Progress | None,
+) -> str:
     start = last = time.perf_counter()
     done = 0
     for items, decoded in _batches(todo.items, ctx, writer):
@@ -97,17 +109,29 @@ def _explain_all(ctx: RunContext, todo: Plan, writer: RunWriter, explainer: Batc
     return "complete"
 
 
-def run_local(config: RunConfig, *, stop: threading.Event | None = None,
-              progress: Progress | None = None, loaded: LoadedModel | None = None) -> RunResult:  # fmt: skip
+def run_local(
+    config: RunConfig,
+    *,
+    stop: threading.Event | None = None,
+    progress: Progress | None = None,
+    loaded: LoadedModel | None = None,
+) -> RunResult:
     """Run ``config`` in this process. Raises UsageError before anything is written."""
     t0 = time.perf_counter()
     ctx = prepare(config, loaded=loaded)
     record = open_run(ctx)
-    done = results.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods) if record["resumed"] \
-        else set()  # fmt: skip
+    done = (
+        results.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods)
+        if record["resumed"]
+        else set()
+    )
     todo = plan(config, done)
-    log.info("collect: %d input(s), %d to explain (%.1f s)", todo.n_total + len(todo.failures),
-             len(todo.items), time.perf_counter() - t0)  # fmt: skip
+    log.info(
+        "collect: %d input(s), %d to explain (%.1f s)",
+        todo.n_total + len(todo.failures),
+        len(todo.items),
+        time.perf_counter() - t0,
+    )
     if record["resumed"]:
         log.info("resuming: %s of %s done", f"{todo.n_done:,}", f"{todo.n_total:,}")
     writer = RunWriter(ctx)
@@ -123,24 +147,49 @@ def run_local(config: RunConfig, *, stop: threading.Event | None = None,
     finally:
         writer.close()
         explainer.close()
-        seconds = {"explain": round(time.perf_counter() - t1, 2), **{
-            f"method_{k}": round(v, 2) for k, v in explainer.seconds.items()}}  # fmt: skip
+        seconds = {
+            "explain": round(time.perf_counter() - t1, 2),
+            **{f"method_{k}": round(v, 2) for k, v in explainer.seconds.items()},
+        }
         log.info("explain: %d image(s) (%.1f s)", writer.n_ok, seconds["explain"])
-        record.update(seconds=seconds, method_counters=explainer.counters,
-                      notes=list(dict.fromkeys([*record["notes"], *explainer.notes()])),
-                      counts=_counts(todo, writer), problems=list(writer.problems))  # fmt: skip
+        record.update(
+            seconds=seconds,
+            method_counters=explainer.counters,
+            notes=list(dict.fromkeys([*record["notes"], *explainer.notes()])),
+            counts=_counts(todo, writer),
+            problems=list(writer.problems),
+        )
         final = finalize(ctx, record, state=state, stop=stop)
-    return RunResult(ctx.out_dir, state, todo.n_total, todo.n_done, writer.n_ok, writer.n_failed,
-                     writer.problems + final.problems, seconds, record["notes"], final.files)  # fmt: skip
+    return RunResult(
+        ctx.out_dir,
+        state,
+        todo.n_total,
+        todo.n_done,
+        writer.n_ok,
+        writer.n_failed,
+        writer.problems + final.problems,
+        seconds,
+        record["notes"],
+        final.files,
+    )
 
 
 def _counts(todo: Plan, writer: RunWriter) -> dict[str, Any]:
-    return {"inputs": todo.n_total + len(todo.failures), "done_before": todo.n_done,
-            "explained": writer.n_ok, "failed": writer.n_failed}  # fmt: skip
+    return {
+        "inputs": todo.n_total + len(todo.failures),
+        "done_before": todo.n_done,
+        "explained": writer.n_ok,
+        "failed": writer.n_failed,
+    }
 
 
-def explain(inputs: Sequence[str | Path], out_dir: str | Path = "camscope-output", *,
-            model: str | LoadedModel | None = None, **options: Any) -> RunResult:  # fmt: skip
+def explain(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path = "camscope-output",
+    *,
+    model: str | LoadedModel | None = None,
+    **options: Any,
+) -> RunResult:
     """Explain every image under ``inputs`` and write the run folder (``camscope run``).
 
     Args:
@@ -164,6 +213,7 @@ def explain(inputs: Sequence[str | Path], out_dir: str | Path = "camscope-output
     name = given.name if given is not None else model
     if "methods" in options:
         options["methods"] = tuple(options["methods"])
-    config = RunConfig(inputs=tuple(str(i) for i in inputs), out_dir=str(out_dir), model=name,
-                       **options)  # fmt: skip
+    config = RunConfig(
+        inputs=tuple(str(i) for i in inputs), out_dir=str(out_dir), model=name, **options
+    )
     return run_local(config, loaded=given)

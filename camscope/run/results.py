@@ -17,7 +17,7 @@ when an ok row exists for it. Evaluation, the report and the benchmarks read onl
 Example::
 
     >>> from camscope.run import results
-    >>> table = results.read_table(["out"], columns=["name", "method", "deletion_auc"])  # doctest: +SKIP
+    >>> table = results.read_table(["out"], columns=["method", "deletion_auc"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from camscope.io import atomic_open
+from camscope.io import atomic_open, escape_name, unescape_name
 
 __all__ = [
     "DERIVED_FILES",
@@ -58,10 +57,19 @@ SANITY = "sanity.parquet"
 #: Files derived from the table at the end of a run (or by `camscope report`); --overwrite and
 #: the stale-output check know exactly these (plus grid*.png, results/ and the map folders).
 DERIVED_FILES = (
-    "predictions.csv", "metrics.csv", "summary.csv", "sanity.csv", "agreement.csv",
-    "curves.npz", "curves.png", "distributions.png", "report.html", "report.md",
-    "evaluation.json", SANITY,
-)  # fmt: skip
+    "predictions.csv",
+    "metrics.csv",
+    "summary.csv",
+    "sanity.csv",
+    "agreement.csv",
+    "curves.npz",
+    "curves.png",
+    "distributions.png",
+    "report.html",
+    "report.md",
+    "evaluation.json",
+    SANITY,
+)
 PAIR_PREFIXES = ("pearson__", "top20_iou__")
 
 
@@ -70,18 +78,13 @@ class RunFolderError(Exception):
 
 
 def escape_path(path: str | os.PathLike[str]) -> str:
-    """A path as text: bytes that are not UTF-8 become ``\\xNN`` (lossless, one line)."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return text.replace("\n", "\\n").replace("\r", "\\r")
+    """A path as text: bytes that are not UTF-8 become ``\\xNN`` (`camscope.io.escape_name`)."""
+    return escape_name(path)
 
 
 def unescape_path(text: str) -> str:
-    """The path `escape_path` wrote as ``text`` (``\\xNN`` back to the byte), as an OS path."""
-    if "\\x" not in text:
-        return text
-    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
-                 text.encode("utf-8"))  # fmt: skip
-    return os.fsdecode(raw)
+    """The path `escape_path` wrote as ``text`` (`camscope.io.unescape_name`)."""
+    return unescape_name(text)
 
 
 def map_path(run_dir: str | Path, method: str, name: str, kind: str = "npy") -> Path:
@@ -97,16 +100,36 @@ def table_schema(methods: Sequence[str]) -> Any:
 
     f32, i32, s = pa.float32(), pa.int32(), pa.string()
     fields = [
-        ("key", s), ("name", s), ("file", s), ("settings_hash", s), ("status", s),
-        ("error", s), ("method", s), ("top1_index", i32), ("target_index", i32),
-        ("truth_index", i32), ("top1_name", s), ("target_name", s), ("top1_prob", f32),
-        ("top5_index", pa.list_(i32)), ("top5_prob", pa.list_(f32)), ("empty", pa.bool_()),
-        ("seconds", f32), ("raw", pa.list_(f32)), ("raw_h", pa.int16()), ("raw_w", pa.int16()),
-        ("share_above_half", f32), ("base_prob", f32), ("explanation_prob", f32),
-        ("average_drop", f32), ("deletion_auc", f32), ("insertion_auc", f32),
-        ("increase", pa.bool_()), ("deletion_curve", pa.list_(f32)),
+        ("key", s),
+        ("name", s),
+        ("file", s),
+        ("settings_hash", s),
+        ("status", s),
+        ("error", s),
+        ("method", s),
+        ("top1_index", i32),
+        ("target_index", i32),
+        ("truth_index", i32),
+        ("top1_name", s),
+        ("target_name", s),
+        ("top1_prob", f32),
+        ("top5_index", pa.list_(i32)),
+        ("top5_prob", pa.list_(f32)),
+        ("empty", pa.bool_()),
+        ("seconds", f32),
+        ("raw", pa.list_(f32)),
+        ("raw_h", pa.int16()),
+        ("raw_w", pa.int16()),
+        ("share_above_half", f32),
+        ("base_prob", f32),
+        ("explanation_prob", f32),
+        ("average_drop", f32),
+        ("deletion_auc", f32),
+        ("insertion_auc", f32),
+        ("increase", pa.bool_()),
+        ("deletion_curve", pa.list_(f32)),
         ("insertion_curve", pa.list_(f32)),
-    ]  # fmt: skip
+    ]
     for prefix in PAIR_PREFIXES:
         fields += [(f"{prefix}{m}", f32) for m in methods]
     return pa.schema(fields)
@@ -121,8 +144,9 @@ def part_files(run_dir: str | Path) -> list[Path]:
     return sorted(parts, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
-def write_part(run_dir: str | Path, prefix: str, seq: int, rows: list[dict[str, Any]],
-               methods: Sequence[str]) -> Path:  # fmt: skip
+def write_part(
+    run_dir: str | Path, prefix: str, seq: int, rows: list[dict[str, Any]], methods: Sequence[str]
+) -> Path:
     """Write ``rows`` as ``results/part-<prefix>-<seq>.parquet`` atomically; returns the path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -151,8 +175,9 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _keep_rows(key: Sequence[Any], name: Sequence[Any], method: Sequence[Any],
-               status: Sequence[Any]) -> list[int]:  # fmt: skip
+def _keep_rows(
+    key: Sequence[Any], name: Sequence[Any], method: Sequence[Any], status: Sequence[Any]
+) -> list[int]:
     """Indices kept by the de-duplication rule (last row per (key, name, method) wins)."""
     last: dict[tuple[Any, Any, Any], int] = {}
     for i, ident in enumerate(zip(key, name, method, strict=True)):
@@ -162,8 +187,9 @@ def _keep_rows(key: Sequence[Any], name: Sequence[Any], method: Sequence[Any],
     return sorted(keep)
 
 
-def read_table(run_dirs: str | Path | Iterable[str | Path],
-               columns: Sequence[str] | None = None) -> Any:  # fmt: skip
+def read_table(
+    run_dirs: str | Path | Iterable[str | Path], columns: Sequence[str] | None = None
+) -> Any:
     """The results table of one or several run folders, de-duplicated, + a ``run_dir`` column.
 
     Raises:
@@ -172,8 +198,15 @@ def read_table(run_dirs: str | Path | Iterable[str | Path],
     import pyarrow as pa
 
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    wanted = None if columns is None else [c for c in dict.fromkeys(
-        [*columns, "key", "name", "method", "status"]) if c != "run_dir"]  # fmt: skip
+    wanted = (
+        None
+        if columns is None
+        else [
+            c
+            for c in dict.fromkeys([*columns, "key", "name", "method", "status"])
+            if c != "run_dir"
+        ]
+    )
     tables = []
     for run_dir in dirs:
         for path in part_files(run_dir):
@@ -186,10 +219,12 @@ def read_table(run_dirs: str | Path | Iterable[str | Path],
         return schema.empty_table().append_column("run_dir", pa.array([], pa.string()))
     table = pa.concat_tables(tables, promote_options="default")
     cols = {c: table.column(c).to_pylist() for c in ("key", "name", "method", "status")}
-    ident = [f"{d}\0{k}" for d, k in zip(table.column("run_dir").to_pylist(), cols["key"],
-                                           strict=True)]  # fmt: skip
-    table = table.take(pa.array(_keep_rows(ident, cols["name"], cols["method"], cols["status"]),
-                                pa.int64()))  # fmt: skip
+    ident = [
+        f"{d}\0{k}" for d, k in zip(table.column("run_dir").to_pylist(), cols["key"], strict=True)
+    ]
+    table = table.take(
+        pa.array(_keep_rows(ident, cols["name"], cols["method"], cols["status"]), pa.int64())
+    )
     if wanted is not None:
         table = table.select([c for c in [*wanted, "run_dir"] if c in table.column_names])
     return table
@@ -214,16 +249,21 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def done_keys(run_dir: str | Path, settings_hash: str,
-              methods: Sequence[str] | None = None) -> set[tuple[str, str]]:  # fmt: skip
+def done_keys(
+    run_dir: str | Path, settings_hash: str, methods: Sequence[str] | None = None
+) -> set[tuple[str, str]]:
     """(key, name) of the inputs finished under ``settings_hash``: an ok row for every method."""
     if methods is None:
         methods = read_run(run_dir).get("settings", {}).get("methods", [])
     table = read_table([run_dir], columns=["settings_hash"])
     got: dict[tuple[str, str], set[str]] = {}
-    for k, n, m, s, h in zip(*(table.column(c).to_pylist() for c in
-                               ("key", "name", "method", "status", "settings_hash")),
-                             strict=True):  # fmt: skip
+    for k, n, m, s, h in zip(
+        *(
+            table.column(c).to_pylist()
+            for c in ("key", "name", "method", "status", "settings_hash")
+        ),
+        strict=True,
+    ):
         if s == "ok" and h == settings_hash:
             got.setdefault((k, n), set()).add(m)
     need = set(methods)
@@ -235,9 +275,16 @@ def write_sanity(run_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("method", pa.string()), ("step", pa.int32()), ("block", pa.string()),
-                        ("image", pa.string()), ("spearman", pa.float32()),
-                        ("empty_randomised", pa.bool_())])  # fmt: skip
+    schema = pa.schema(
+        [
+            ("method", pa.string()),
+            ("step", pa.int32()),
+            ("block", pa.string()),
+            ("image", pa.string()),
+            ("spearman", pa.float32()),
+            ("empty_randomised", pa.bool_()),
+        ]
+    )
     path = Path(run_dir) / SANITY
     with atomic_open(path, "wb") as fh:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), fh)
@@ -294,8 +341,13 @@ def check_maps(run_dir: str | Path) -> tuple[list[str], set[tuple[str, str]]]:
     size = tuple(int(v) for v in settings.get("image_size", (224, 224)))
     npy = settings.get("save_maps", "both") in ("both", "npy")
     table = read_table([run_dir], columns=["raw", "raw_h", "raw_w"])
-    for name, method, status, raw, h, w in zip(*(table.column(c).to_pylist() for c in
-            ("name", "method", "status", "raw", "raw_h", "raw_w")), strict=True):  # fmt: skip
+    for name, method, status, raw, h, w in zip(
+        *(
+            table.column(c).to_pylist()
+            for c in ("name", "method", "status", "raw", "raw_h", "raw_w")
+        ),
+        strict=True,
+    ):
         if status != "ok" or method is None:
             continue
         cause = None

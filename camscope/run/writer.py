@@ -71,8 +71,9 @@ class RunWriter:
             if "npy" in self.ctx.save_maps:
                 save_npy(results.map_path(self.out, method, name, "npy"), maps[j])
             if "png" in self.ctx.save_maps:
-                save_png(results.map_path(self.out, method, name, "png"),
-                         overlay(out.rgbs[j], maps[j]))  # fmt: skip
+                save_png(
+                    results.map_path(self.out, method, name, "png"), overlay(out.rgbs[j], maps[j])
+                )
 
     def write(self, out: BatchOutput) -> None:
         """Save a batch's per-image files, then its rows (and pending failures) as a part."""
@@ -85,8 +86,11 @@ class RunWriter:
             try:
                 self._save_files(out, j)
             except OSError as exc:
-                self.fail(item, f"cannot write outputs ({exc.strerror or exc}: "
-                                f"{results.escape_path(exc.filename or self.out)})")  # fmt: skip
+                self.fail(
+                    item,
+                    f"cannot write outputs ({exc.strerror or exc}: "
+                    f"{results.escape_path(exc.filename or self.out)})",
+                )
                 continue
             rows += ok_rows.get(item.name, [])
             if item.name in ok_rows and len(ok_rows[item.name]) == len(self.ctx.methods):
@@ -120,10 +124,12 @@ class RunWriter:
             if first["target_index"] != first["top1_index"]:
                 title += f", target {first['target_name']}"
         overlays = {m: overlay(out.rgbs[j], maps[j]) for m, maps in out.maps.items()}
-        notes = {r["method"]: "empty map" for r in out.rows
-                 if r["name"] == item.name and r.get("empty")}  # fmt: skip
-        self.grid_rows.append(GridRow(title=title, image=out.rgbs[j], overlays=overlays,
-                                      notes=notes))  # fmt: skip
+        notes = {
+            r["method"]: "empty map" for r in out.rows if r["name"] == item.name and r.get("empty")
+        }
+        self.grid_rows.append(
+            GridRow(title=title, image=out.rgbs[j], overlays=overlays, notes=notes)
+        )
         if len(self.grid_rows) >= GRID_ROWS_PER_PAGE:
             self._grid_page()
 
@@ -133,8 +139,13 @@ class RunWriter:
         page = len(self.grid_pages) + 1
         stem = "grid" if page == 1 else f"grid-{page}"
         try:
-            self.grid_pages += save_grid(self.out, self.grid_rows, self.ctx.methods,
-                                         rows_per_file=len(self.grid_rows), stem=stem)  # fmt: skip
+            self.grid_pages += save_grid(
+                self.out,
+                self.grid_rows,
+                self.ctx.methods,
+                rows_per_file=len(self.grid_rows),
+                stem=stem,
+            )
         except OSError as exc:
             line = f"{self.out / (stem + '.png')}: cannot write grid ({exc.strerror or exc})"
             log.error("%s", line)
