@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from camscope.io import write_json
+from camscope.io import TEMP_PREFIX, write_json
 from camscope.run import _methods, results
 from camscope.run.config import RunContext, UsageError
 
@@ -64,6 +64,16 @@ def _remove(out: Path, entries: list[Path]) -> None:
     for method in _methods.method_names():
         with contextlib.suppress(OSError):
             (out / method).rmdir()  # only when now empty
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Temporary files a killed session left (never a visible output: writes are atomic)."""
+    folders = [out, out / results.RESULTS, *(out / m for m in _methods.method_names())]
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.glob(f"{TEMP_PREFIX}*.tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -110,6 +120,8 @@ def open_run(ctx: RunContext) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out}: output folder cannot be written ({exc.strerror or exc})") from exc
+    if previous is not None:
+        _remove_temporaries(out)
     record = run_record(ctx, previous)
     try:
         write_json(out / results.RUN_JSON, record)
