@@ -26,8 +26,9 @@ def make_images(folder: Path, n: int = 6, seed: int = 0) -> list[Path]:
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 120.0)
         rgb = np.stack([blob * rng.uniform(80, 255), 1 - blob, rng.random((48, 64))], axis=-1)
         path = folder / f"img{i:02d}.png"
-        Image.fromarray(np.clip(rgb * 255 if rgb.max() <= 1 else rgb, 0, 255).astype(np.uint8))\
-            .save(path)  # fmt: skip
+        Image.fromarray(
+            np.clip(rgb * 255 if rgb.max() <= 1 else rgb, 0, 255).astype(np.uint8)
+        ).save(path)
         paths.append(path)
     return paths
 
@@ -39,5 +40,11 @@ def env() -> dict[str, str]:
 
 def camscope(*args: str, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python -m camscope.cli ARGS`` and wait (text output captured)."""
-    return subprocess.run([sys.executable, "-m", "camscope.cli", *args], env=env(),
-                          capture_output=True, text=True, timeout=300, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "camscope.cli", *args],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )

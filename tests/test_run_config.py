@@ -54,8 +54,13 @@ def test_cuda_without_gpu_is_a_usage_error():
 
 
 def test_settings_hash_tracks_result_settings(images, tmp_path):
-    base = RunConfig(inputs=(str(images),), out_dir=str(tmp_path / "o"), methods=("gradcam",),
-                     model="test_resnet", random_weights=True)  # fmt: skip
+    base = RunConfig(
+        inputs=(str(images),),
+        out_dir=str(tmp_path / "o"),
+        methods=("gradcam",),
+        model="test_resnet",
+        random_weights=True,
+    )
     ctx = prepare(base)
     assert not (tmp_path / "o").exists()
     assert ctx.settings["layer"] == "layer4.0" and ctx.settings["weights"].startswith("random")

@@ -15,8 +15,13 @@ from camscope.run import RunConfig, UsageError, results, run_local
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-BASE = dict(model="test_resnet", random_weights=True, methods=("gradcam", "ablationcam"),
-            batch_size=2, sanity_images=0)  # fmt: skip
+BASE = dict(
+    model="test_resnet",
+    random_weights=True,
+    methods=("gradcam", "ablationcam"),
+    batch_size=2,
+    sanity_images=0,
+)
 
 
 def _config(inputs: Path, out: Path, **kw) -> RunConfig:
@@ -43,15 +48,16 @@ def test_streaming_run_writes_table_files_and_state(full_run):
     table = _table(out)
     assert len(table) == 10
     run = json.loads((out / "run.json").read_text())
-    assert run["state"] == "complete" and run["settings_hash"] == table[("img00", "gradcam")][
-        "settings_hash"]  # fmt: skip
+    assert (
+        run["state"] == "complete"
+        and run["settings_hash"] == table[("img00", "gradcam")]["settings_hash"]
+    )
     for (name, method), row in table.items():
         saved = np.load(results.map_path(out, method, name))
         assert saved.shape == (224, 224) and saved.dtype == np.float32
         # the table's feature-resolution map gives the saved map (same normalisation)
         raw = torch.tensor(row["raw"]).view(1, row["raw_h"], row["raw_w"])
-        np.testing.assert_allclose(normalise_maps(raw, (224, 224))[0][0].numpy(), saved,
-                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(normalise_maps(raw, (224, 224))[0][0].numpy(), saved, atol=1e-6)
         assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
         assert len(row["deletion_curve"]) == 5
         # share of pixels above one half, recomputed from the saved map

@@ -116,18 +116,17 @@ def _measure(
         return 0, problems
     x = torch.stack([t for _, t in keep]).to(ctx.device)
     targets = torch.tensor([rows[0]["target_index"] for rows, _ in keep], device=ctx.device)
-    methods = [
-        m for m in ctx.methods if all(any(r["method"] == m for r in rows) for rows, _ in keep)
-    ]
-    by_method = {
-        m: [next(r for r in rows if r["method"] == m) for rows, _ in keep] for m in methods
-    }
-    measured = explainer.metrics(x, {m: _maps(ctx, rs) for m, rs in by_method.items()}, targets)
     out = []
-    for m, rs in by_method.items():
-        for j, row in enumerate(rs):
+    for m in ctx.methods:  # each method on the images that have an intact map of it
+        pick = [(k, r) for k, (rows, _) in enumerate(keep) for r in rows if r["method"] == m]
+        if not pick:
+            continue
+        idx = torch.tensor([k for k, _ in pick], device=ctx.device)
+        rows_m = [r for _, r in pick]
+        measured = explainer.metrics(x[idx], {m: _maps(ctx, rows_m)}, targets[idx])[m]
+        for j, row in enumerate(rows_m):
             new = {**row, "settings_hash": ctx.settings_hash}
-            for key, value in measured[m].items():
+            for key, value in measured.items():
                 v = value[j].detach().cpu()
                 new[key] = (
                     v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool else float(v))
