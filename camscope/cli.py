@@ -508,18 +508,37 @@ def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--model", default=None)
+@click.option("--model", default=None, help="Model (default: the default model).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
-def layers(model: str | None, weights: str | None) -> None:
-    """List a model's layers (valid --layer values) and its default layer."""
-    from camscope.models import ModelError, list_layers, load_model
+@click.option("--usable", is_flag=True, help="Only the layers that can be CAM layers.")
+def layers(model: str | None, weights: str | None, usable: bool) -> None:
+    """List a model's layers with their output shapes; mark the default and the usable ones.
+
+    One dry forward pass (hooks removed after). "yes" layers read as an (N, C, h, w) map
+    (directly, channels-last or as ViT tokens) and are valid --layer values; "no" says why not.
+    """
+    from camscope.models import ModelError, load_model, probe_layers
 
     try:
-        loaded = load_model(model, weights=weights)
+        # Shapes do not depend on the weights: random ones unless a file is given.
+        loaded = load_model(model, weights=weights, pretrained=weights is not None)
+        probes = probe_layers(loaded.model, loaded.input_size)
     except ModelError as exc:
         sys.exit(_usage(str(exc)))
-    for name in list_layers(loaded.model):
-        click.echo(name + ("   <- default" if name == loaded.default_layer else ""))
+    rows = [("LAYER", "TYPE", "OUTPUT", "CAM LAYER")]
+    for p in probes:
+        if usable and not p.usable:
+            continue
+        shape = "-" if p.shape is None else "(" + ", ".join(map(str, p.shape)) + ")"
+        verdict = f"yes: {p.layout.describe()}" if p.layout is not None else f"no: {p.reason}"
+        if p.name == loaded.default_layer:
+            verdict += "   <- default"
+        rows.append((p.name, p.type, shape, verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    h, w = loaded.input_size
+    click.echo(f"{loaded.name}: outputs for one {h}x{w} image; default {loaded.default_layer}")
+    for row in rows:
+        click.echo("  ".join(c.ljust(widths[i]) for i, c in enumerate(row[:3])) + "  " + row[3])
 
 
 if __name__ == "__main__":  # pragma: no cover

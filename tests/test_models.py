@@ -22,14 +22,20 @@ from camscope.models import (
     ModelError,
     TargetError,
     WeightsUnavailableError,
+    as_logits_model,
+    check_layer,
     default_layer,
     imagenet_categories,
     list_layers,
     load_model,
     map_state_dict_by_order,
     parse_target,
+    parse_target_spec,
     resolve_layer,
+    select_logits,
+    wrap_module,
 )
+from camscope.split import FxSplit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -128,12 +134,12 @@ def test_default_layer(resnet18, lite0):
     assert lite0.default_layer == default_layer(lite0.model) == "bn2"
     torch.manual_seed(0)
     # The last module with a spatial 4-D output; of the modules that return that very tensor
-    # (features.3 and its container), the outermost.
-    assert default_layer(GlobalPoolCNN().eval()) == "features"
+    # (features.3 and its container), the container's last child, as users write features[-1].
+    assert default_layer(GlobalPoolCNN().eval()) == "features.3"
     assert default_layer(TinyNet().eval()) == "act3"
     assert default_layer(TinyNet().eval().double()) == "act3"  # dummy input follows the dtype
     assert not any(m._forward_hooks for m in resnet18.modules())
-    with pytest.raises(LayerError, match="4-D"):
+    with pytest.raises(LayerError, match="no module of the model outputs a spatial map"):
         default_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 224 * 224, 2)))
 
 
@@ -262,24 +268,25 @@ def _offline(*args, **kwargs):
     raise urllib.error.URLError("no network (test)")
 
 
-def test_resnet50_unavailable_is_an_error(monkeypatch, capsys):
+def test_resnet50_unavailable_is_an_error(monkeypatch, caplog):
     monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V1, "get_state_dict", _offline)
     with pytest.raises(WeightsUnavailableError) as info:
         load_model("resnet50")
     message = str(info.value)
     assert "--weights" in message and "efficientnet_lite0" in message
     assert "no network (test)" in message and "\n" not in message
-    assert capsys.readouterr().err == ""  # an explicit resnet50 never falls back
+    assert not caplog.records  # an explicit resnet50 never falls back
 
 
-def test_default_model_falls_back_to_lite0(monkeypatch, capsys):
+def test_default_model_falls_back_to_lite0(monkeypatch, caplog):
     monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V1, "get_state_dict", _offline)
-    loaded = load_model(None)
+    with caplog.at_level("WARNING", logger="camscope"):
+        loaded = load_model(None)
     assert loaded.name == BUNDLED_MODEL and loaded.default_layer == "bn2"
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("camscope: warning:")
-    assert "resnet50" in err and "efficientnet_lite0" in err
-    assert len(loaded.notes) == 1 and loaded.notes[0] in err
+    warned = [r.getMessage() for r in caplog.records if r.name == "camscope"]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert "resnet50" in warned[0] and "efficientnet_lite0" in warned[0]
+    assert loaded.notes == warned
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,3 +342,188 @@ def test_unknown_model_and_tag():
         load_model("no_such_net")
     with pytest.raises(ModelError, match="unknown weights tag 'V9'.*IMAGENET1K_V2"):
         load_model("resnet50", weights_tag="V9")
+
+
+# --------------------------------------------------------------------------------------------
+# check_layer: a layer that is not a spatial map is refused before any image
+# --------------------------------------------------------------------------------------------
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        ("fc", r"outputs \(1, 1000\): no spatial axes"),
+        ("avgpool", r"outputs \(1, 512, 1, 1\): a 1x1 map has no spatial extent"),
+        ("layer4.1.relu", r"runs 2 times in one forward pass"),
+    ],
+)
+def test_check_layer_refuses_non_maps(resnet18, layer, reason):
+    with pytest.raises(LayerError, match=reason) as info:
+        check_layer(resnet18, layer, (64, 64))
+    message = str(info.value)
+    assert "\n" not in message and f"layer '{layer}'" in message
+    assert "valid choices: the default layer4.1" in message
+    assert _no_hooks(resnet18)
+
+
+def test_check_layer_accepts_maps_and_restores_training_mode(resnet18):
+    check = check_layer(resnet18, "layer4[-1]", (64, 64))
+    assert (check.name, check.output_shape) == ("layer4.1", (1, 512, 2, 2))
+    assert check.layout.kind == "channels_first" and check.layout.grid == (2, 2)
+    resnet18.train()
+    try:
+        before = resnet18.bn1.running_mean.clone()
+        check_layer(resnet18, "layer3", (64, 64))
+        assert resnet18.training and resnet18.bn1.training  # modes restored
+        assert torch.equal(resnet18.bn1.running_mean, before)  # ran in eval mode
+    finally:
+        resnet18.eval()
+    assert _no_hooks(resnet18)
+
+
+class ChannelsLastNet(nn.Module):
+    """A ConvNeXt-style block: a LayerNorm over channels-last (N, h, w, C) activations."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(channels)
+        self.fc = nn.Linear(channels, 3)
+
+    def forward(self, x):
+        x = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.fc(x.mean(dim=(1, 2)))
+
+
+def test_check_layer_channels_last_and_ambiguous_shapes():
+    torch.manual_seed(0)
+    model = ChannelsLastNet(8).eval()
+    # 32x32 input -> (1, 16, 16, 8): only channels-last fits the image grid.
+    assert check_layer(model, "norm", (32, 32)).layout.kind == "channels_last"
+    # 16x16 input -> (1, 8, 8, 8): both readings fit; a 32x32 pass shows which axes grow.
+    check = check_layer(model, "norm", (16, 16))
+    assert check.layout.kind == "channels_last" and check.layout.grid == (8, 8)
+    assert check_layer(model, "conv", (16, 16)).layout.kind == "channels_first"
+
+
+class FixedSizeNet(ChannelsLastNet):
+    """Like ChannelsLastNet, but only accepts 16x16 inputs (as a ViT with a fixed grid)."""
+
+    def forward(self, x):
+        if x.shape[-1] != 16:
+            raise ValueError("input size must be 16x16")
+        return super().forward(x)
+
+
+def test_check_layer_refuses_an_ambiguous_layout_it_cannot_resolve():
+    model = FixedSizeNet(8).eval()
+    with pytest.raises(LayerError, match=r"outputs \(1, 8, 8, 8\): ambiguous.*reshape_transform"):
+        check_layer(model, "norm", (16, 16))
+    # The user's reshape_transform settles it.
+    check = check_layer(model, "norm", (16, 16), reshape_transform=lambda t: t.permute(0, 3, 1, 2))
+    assert check.layout.kind == "custom" and check.layout.grid == (8, 8)
+    with pytest.raises(LayerError, match="reshape_transform returns"):
+        check_layer(model, "norm", (16, 16), reshape_transform=lambda t: t.flatten(1))
+
+
+# --------------------------------------------------------------------------------------------
+# Output adapter and nn.Modules as users have them
+# --------------------------------------------------------------------------------------------
+
+
+class DictOutput(TinyNet):
+    def forward(self, x):
+        return {"hidden": x, "logits": super().forward(x)}
+
+
+class TupleOutput(TinyNet):
+    def forward(self, x):
+        return super().forward(x), x.mean()
+
+
+class HFOutput:
+    def __init__(self, logits):
+        self.logits = logits
+        self.hidden_states = None
+
+
+class ObjectOutput(TinyNet):
+    def forward(self, x):
+        return HFOutput(super().forward(x))
+
+
+@pytest.mark.parametrize(
+    "cls, output",
+    [
+        (DictOutput, None),
+        (DictOutput, "logits"),
+        (TupleOutput, None),
+        (TupleOutput, 0),
+        (ObjectOutput, None),
+        (ObjectOutput, "logits"),
+        (ObjectOutput, lambda o: o.logits),
+        (TinyNet, None),
+    ],
+)
+def test_as_logits_model(cls, output, tiny_inputs):
+    torch.manual_seed(0)
+    inner = cls().double().eval()
+    reference = TinyNet().double().eval()
+    reference.load_state_dict(inner.state_dict())
+    model = as_logits_model(inner, output)
+    assert torch.equal(model(tiny_inputs), reference(tiny_inputs))
+    # transparent: the same layer names, parameters and state dict keys
+    assert [n for n, _ in model.named_modules()][1:] == [n for n, _ in inner.named_modules()][1:]
+    assert resolve_layer(model, inner.conv3) == ("conv3", inner.conv3)
+    assert list(model.state_dict()) == list(inner.state_dict())
+    assert as_logits_model(model) is model
+    # torch.fx splits straight through the adapter
+    split = FxSplit(model, "conv3")
+    activations, cache = split.features(tiny_inputs)
+    assert torch.allclose(split.classify(activations, cache), reference(tiny_inputs))
+
+
+def test_as_logits_model_errors_and_tuple_warning(tiny_inputs, caplog):
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="camscope"):
+        as_logits_model(TupleOutput().double())(tiny_inputs)
+    assert any("first element" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ModelError, match="output='scores' does not pick the logits"):
+        as_logits_model(DictOutput().double(), "scores")(tiny_inputs)
+    with pytest.raises(ModelError, match="pass output="):
+        select_logits("text")
+
+
+def test_wrap_module(tiny_inputs):
+    torch.manual_seed(0)
+    module = DictOutput().double().train()
+    loaded = wrap_module(module, (0.5, 0.5, 0.5), [0.25] * 3, input_size=(16, 16))
+    assert loaded.default_layer == "act3" and loaded.categories[4] == "class 4"
+    assert not module.training and len(loaded.notes) == 1  # said: put in eval mode
+    assert loaded.model(tiny_inputs).shape == (3, 5)
+    named = wrap_module(module, (0, 0, 0), (1, 1, 1), list("abcde"), (16, 16), layer="conv2")
+    assert named.default_layer == "conv2" and named.categories == list("abcde")
+    with pytest.raises(ModelError, match="3 categories given, the model has 5 classes"):
+        wrap_module(module, (0, 0, 0), (1, 1, 1), list("abc"), (16, 16))
+    with pytest.raises(ModelError, match="std must be positive"):
+        wrap_module(module, (0, 0, 0), (1, 0, 1), input_size=(16, 16))
+    with pytest.raises(LayerError, match="layer 'fc2' outputs"):
+        wrap_module(module, (0, 0, 0), (1, 1, 1), input_size=(16, 16), layer="fc2")
+    with pytest.raises(ModelError, match="torch.nn.Module"):
+        wrap_module("resnet50", (0, 0, 0), (1, 1, 1))
+
+
+def test_parse_target_spec(categories):
+    assert parse_target_spec("top1", categories) == "top1"
+    assert parse_target_spec(" Top-1 ", categories) == "top1"
+    assert parse_target_spec("truth", categories) == "truth"
+    assert parse_target_spec("281", categories) == 281
+    assert parse_target_spec("tabby", categories) == 281
+    for bad, match in [("1000", "out of range"), ("zebracorn", "unknown class"), ("", "empty")]:
+        with pytest.raises(TargetError, match=match) as info:
+            parse_target_spec(bad, categories)
+        assert "\n" not in str(info.value) and ("top1" in str(info.value))
