@@ -604,9 +604,9 @@ def _read_output(
     if len(outputs) > 1:
         return shape, None, f"runs {len(outputs)} times in one forward pass"
     if len(shape) == 4 and shape[2:] == (1, 1):
-        return shape, None, "a 1x1 map has no spatial extent (a global pool)"
+        return shape, None, "one spatial position, 1x1 (a global pool)"
     if len(shape) == 2:
-        return shape, None, "no spatial axes (a classifier or pooled features)"
+        return shape, None, "no spatial positions (a classifier or pooled features)"
     try:
         return shape, detect_layout(shape, size, model, alt=alt), ""
     except LayoutError as exc:
@@ -761,17 +761,17 @@ def _custom_layout(
         mapped = transform(output)
     except Exception as exc:  # noqa: BLE001 - user code
         raise LayerError(
-            f"layer '{name}' outputs {shape}; reshape_transform fails on it ({one_line(exc)})"
+            f"--layer {name}: output {shape}; reshape_transform fails on it ({one_line(exc)})"
         ) from exc
     if not isinstance(mapped, torch.Tensor) or mapped.dim() != 4 or mapped.shape[0] != 1:
         got = tuple(mapped.shape) if isinstance(mapped, torch.Tensor) else type(mapped).__name__
         raise LayerError(
-            f"layer '{name}' outputs {shape}; reshape_transform returns {got}, not an "
+            f"--layer {name}: output {shape}; reshape_transform returns {got}, not an "
             "(N, C, h, w) map"
         )
     if mapped.shape[2] * mapped.shape[3] < 2:
         raise LayerError(
-            f"layer '{name}' outputs {shape}; reshape_transform returns a 1x1 map, which has "
+            f"--layer {name}: output {shape}; reshape_transform returns a 1x1 map, which has "
             "no spatial extent"
         )
     return CustomLayout(
@@ -820,9 +820,9 @@ def check_layer(
         except Exception:  # noqa: BLE001 - fixed-size model: the ambiguity stands
             pass
     if layout is None:
-        shown = f"outputs {shape}" if shape is not None else "cannot be used"
+        shown = f"output {shape}" if shape is not None else "not usable"
         raise LayerError(
-            f"layer '{name}' {shown}: {reason}; not a spatial map, so no CAM; "
+            f"--layer {name}: {shown}: {reason}; not a spatial map, so no CAM; "
             f"{_valid_choices(model, size)}"
         )
     return LayerCheck(name, module, shape, layout, size)  # type: ignore[arg-type]

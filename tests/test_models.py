@@ -356,8 +356,8 @@ def _no_hooks(model: nn.Module) -> bool:
 @pytest.mark.parametrize(
     "layer, reason",
     [
-        ("fc", r"outputs \(1, 1000\): no spatial axes"),
-        ("avgpool", r"outputs \(1, 512, 1, 1\): a 1x1 map has no spatial extent"),
+        ("fc", r"output \(1, 1000\): no spatial positions"),
+        ("avgpool", r"output \(1, 512, 1, 1\): one spatial position"),
         ("layer4.1.relu", r"runs 2 times in one forward pass"),
     ],
 )
@@ -365,7 +365,7 @@ def test_check_layer_refuses_non_maps(resnet18, layer, reason):
     with pytest.raises(LayerError, match=reason) as info:
         check_layer(resnet18, layer, (64, 64))
     message = str(info.value)
-    assert "\n" not in message and f"layer '{layer}'" in message
+    assert "\n" not in message and f"--layer {layer}: " in message
     assert "valid choices: the default layer4.1" in message
     assert _no_hooks(resnet18)
 
@@ -421,7 +421,7 @@ class FixedSizeNet(ChannelsLastNet):
 
 def test_check_layer_refuses_an_ambiguous_layout_it_cannot_resolve():
     model = FixedSizeNet(8).eval()
-    with pytest.raises(LayerError, match=r"outputs \(1, 8, 8, 8\): ambiguous.*reshape_transform"):
+    with pytest.raises(LayerError, match=r"output \(1, 8, 8, 8\): ambiguous.*reshape_transform"):
         check_layer(model, "norm", (16, 16))
     # The user's reshape_transform settles it.
     check = check_layer(model, "norm", (16, 16), reshape_transform=lambda t: t.permute(0, 3, 1, 2))
@@ -511,7 +511,7 @@ def test_wrap_module(tiny_inputs):
         wrap_module(module, (0, 0, 0), (1, 1, 1), list("abc"), (16, 16))
     with pytest.raises(ModelError, match="std must be positive"):
         wrap_module(module, (0, 0, 0), (1, 0, 1), input_size=(16, 16))
-    with pytest.raises(LayerError, match="layer 'fc2' outputs"):
+    with pytest.raises(LayerError, match="--layer fc2: output"):
         wrap_module(module, (0, 0, 0), (1, 1, 1), input_size=(16, 16), layer="fc2")
     with pytest.raises(ModelError, match="torch.nn.Module"):
         wrap_module("resnet50", (0, 0, 0), (1, 1, 1))

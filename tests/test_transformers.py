@@ -222,16 +222,16 @@ def test_vit_non_map_layers_refused(vit, layer, shape):
     with pytest.raises(LayerError) as info:
         check_layer(vit, layer)
     message = str(info.value)
-    assert f"layer '{layer}' outputs {shape}" in message and "\n" not in message
+    assert f"--layer {layer}: output {shape}" in message and "\n" not in message
     assert "valid choices: the default blocks.11.norm1" in message
 
 
 def test_swin_old_default_norm_is_read_channels_last(swin):
     # the old default read (1, 7, 7, 768) as 7 channels of 7x768 (stripes); now 768 x 7x7
     assert check_layer(swin, "norm").layout == Layout("channels_last", (7, 7), 768)
-    with pytest.raises(LayerError, match=r"outputs \(1, 768\)"):
+    with pytest.raises(LayerError, match=r"output \(1, 768\)"):
         check_layer(swin, "head.global_pool")
-    with pytest.raises(LayerError, match=r"outputs \(64, 49, 96\): first axis is 64"):
+    with pytest.raises(LayerError, match=r"output \(64, 49, 96\): first axis is 64"):
         check_layer(swin, "layers.0.blocks.0.attn")
 
 
@@ -355,7 +355,7 @@ def test_layers_command_marks_default_and_usable():
         "no:" in lines["blocks.11.attn.k_norm"]
         and "(1, 3, 197, 64)" in lines["blocks.11.attn.k_norm"]
     )
-    assert "no: no spatial axes" in lines["head"] and "(1, 1000)" in lines["head"]
+    assert "no: no spatial positions" in lines["head"] and "(1, 1000)" in lines["head"]
     assert sum("<- default" in line for line in lines.values()) == 1
     usable = CliRunner().invoke(main, ["layers", "--model", "vit_tiny_patch16_224", "--usable"])
     assert "k_norm" not in usable.output and "blocks.11.norm1" in usable.output
