@@ -220,9 +220,11 @@ def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[di
 
 
 def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> None:
+    start = time.perf_counter()
     try:
         fn()
         out.files[name] = path
+        log.info("%s", f"write {name} ({time.perf_counter() - start:.1f} s)")
     except Exception as exc:  # noqa: BLE001 - one output failing must not lose the others
         cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
         line = f"{results.escape_path(path)}: cannot write ({cause})"
