@@ -178,21 +178,31 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-_METHOD_OPTIONS = {
-    "scorecam_variant": "variant",
-    "precision": "precision",
-    "max_channels": "max_channels",
-}
+def _method_flags() -> tuple[list[Callable], dict[str, str]]:
+    """Click options for the methods' own options, and flag key -> option name.
+
+    From the registry (`camscope.methods.registry.click_options`) when it has them; else the
+    three ScoreCAM flags of camscope 0.1. Every flag defaults to None: the method's own default.
+    """
+    import camscope.methods as methods
+
+    registry = getattr(methods, "registry", None)
+    if hasattr(registry, "click_options"):
+        return registry.click_options(), {k: k for k in registry.option_keys()}
+    flags = [
+        click.option("--scorecam-variant", type=click.Choice(["reference", "pytorch-grad-cam"]),
+                     default=None, help="ScoreCAM weights: the authors' (default) or "
+                     "pytorch-grad-cam's."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+                     help="ScoreCAM masked passes: exact fp32 (default) or autocast."),
+        click.option("--max-channels", type=int, default=None,
+                     help="ScoreCAM: score only the K highest-variance channels."),
+    ]  # fmt: skip
+    keys = {"scorecam_variant": "variant", "precision": "precision", "max_channels": "max_channels"}
+    return flags, keys
 
 
-def _given_options(ctx: click.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """Method options the user set on the command line (defaults stay the methods' own)."""
-    source = click.core.ParameterSource
-    return {
-        _METHOD_OPTIONS[k]: v
-        for k, v in values.items()
-        if ctx.get_parameter_source(k) not in (source.DEFAULT, None)
-    }
+_METHOD_FLAGS, _METHOD_KEYS = _method_flags()
 
 
 _run_options = [
@@ -258,26 +268,6 @@ _run_options = [
         help="Images per batch (also: images per results part file).",
     ),
     click.option(
-        "--scorecam-variant",
-        type=click.Choice(["reference", "pytorch-grad-cam"]),
-        default="reference",
-        show_default=True,
-        help="ScoreCAM weights: the authors' or pytorch-grad-cam's.",
-    ),
-    click.option(
-        "--precision",
-        type=click.Choice(["fp32", "bf16", "fp16"]),
-        default="fp32",
-        show_default=True,
-        help="ScoreCAM masked passes: exact fp32 or autocast.",
-    ),
-    click.option(
-        "--max-channels",
-        type=int,
-        default=None,
-        help="ScoreCAM: score only the K highest-variance channels.",
-    ),
-    click.option(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
@@ -341,7 +331,7 @@ _run_options = [
 
 
 def _add_options(func):  # type: ignore[no-untyped-def]
-    for option in reversed(_run_options):
+    for option in reversed([*_run_options, *_METHOD_FLAGS]):
         func = option(func)
     return func
 
@@ -355,9 +345,7 @@ def main() -> None:
 @main.command()
 @click.argument("inputs", nargs=-1)
 @_add_options
-@click.pass_context
 def run(
-    ctx: click.Context,
     inputs: tuple[str, ...],
     methods: str,
     quiet: bool,
@@ -367,12 +355,12 @@ def run(
     """Explain INPUTS (image files, folders searched recursively, or globs)."""
     from camscope.run import RunConfig
 
-    options = {k: kwargs.pop(k) for k in _METHOD_OPTIONS}
+    given = {_METHOD_KEYS[k]: kwargs.pop(k) for k in _METHOD_KEYS}
     config = RunConfig(
         inputs=tuple(inputs),
         out_dir=kwargs.pop("out"),
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        method_options=_given_options(ctx, options),
+        method_options={k: v for k, v in given.items() if v is not None},
         shard=_shard(shard),
         argv=tuple(sys.argv),
         **kwargs,

@@ -129,3 +129,11 @@ def test_output_inside_input_is_not_read_back(full_run, tmp_path):
     assert run_local(_config(inputs, out, methods=("gradcam",))).n_explained == 2
     again = run_local(_config(inputs, out, methods=("gradcam",)))
     assert again.n_total == 2 and again.n_explained == 0
+
+
+def test_inputs_given_inside_the_run_folder_are_taken(tmp_path):
+    run_dir = tmp_path / "demo"
+    make_images(run_dir / "inputs", 2)  # `camscope demo` writes its inputs into DIR/inputs
+    assert run_local(_config(run_dir / "inputs", run_dir, methods=("gradcam",))).n_explained == 2
+    again = run_local(_config(run_dir / "inputs", run_dir, methods=("gradcam",)))
+    assert again.n_total == 2 and again.n_done_before == 2  # DIR/gradcam/*.png are not inputs

@@ -21,10 +21,6 @@ from camscope import methods as _methods
 _FALLBACK_SANITY_OPTIONS = {"max_channels": 64}
 
 
-def _registry() -> Any:
-    return getattr(_methods, "registry", None) if hasattr(_methods, "get_method") else None
-
-
 def method_names() -> list[str]:
     """Registry names in display order."""
     return list(_methods.METHODS)

@@ -114,8 +114,10 @@ def gather(config: RunConfig) -> tuple[list[Path], list[WorkItem], list[str]]:
     if config.inputs_from:
         given += read_inputs_from(config.inputs_from)
     out = Path(config.out_dir).resolve()
-    paths, errors = collect_inputs(given, exclude=[out])
-    kept = [p for p in paths if not _inside(p, out)]
+    # an input given inside the run folder (the demo's DIR/inputs) is taken; nothing else there
+    allowed = [Path(g).resolve() for g in given if os.path.exists(g) and _inside(Path(g), out)]
+    paths, errors = collect_inputs(given, exclude=[] if allowed else [out])
+    kept = [p for p in paths if not _inside(p, out) or any(_inside(p, a) for a in allowed)]
     if len(kept) < len(paths):
         log.info(
             "collect: %d file(s) inside the run folder %s are not inputs",

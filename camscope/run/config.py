@@ -291,6 +291,8 @@ def prepare(
     except (ModelError, TargetError) as exc:
         raise UsageError(str(exc)) from exc
     _check_layer(loaded, layer, device)
+    if device.type != "cuda" and any(o.get("precision") == "fp16" for o in options.values()):
+        raise UsageError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     for name in methods:  # options are checked by the method's own constructor
         try:
             _methods.build(name, loaded.model, layer, options[name]).close()
