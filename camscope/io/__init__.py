@@ -12,7 +12,10 @@ Everything that reads user images or writes run artefacts goes through this pack
 
 from camscope.io.decode import (
     DEFAULT_MAX_PIXELS,
+    FORMAT_EXTRA_BYTES,
     LoadedImage,
+    bytes_per_pixel,
+    decode_budget,
     iter_images,
     load_image,
     preprocess,
@@ -44,6 +47,7 @@ from camscope.io.inputs import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "FORMAT_EXTRA_BYTES",
     "IMAGE_EXTENSIONS",
     "NAME_MAX",
     "TEMP_PREFIX",
@@ -51,7 +55,9 @@ __all__ = [
     "LoadedImage",
     "atomic_open",
     "atomic_write_bytes",
+    "bytes_per_pixel",
     "collect_inputs",
+    "decode_budget",
     "escape_name",
     "image_extensions",
     "is_run_folder",

@@ -7,26 +7,32 @@ failure is a one-line :class:`~camscope.io.inputs.InputError`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import stat
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
+from camscope.io.files import escape_name
 from camscope.io.inputs import InputError, _short
 
 __all__ = [
+    "FORMAT_EXTRA_BYTES",
     "DEFAULT_MAX_PIXELS",
     "LoadedImage",
+    "bytes_per_pixel",
+    "decode_budget",
     "iter_images",
     "load_image",
     "preprocess",
@@ -40,14 +46,26 @@ __all__ = [
 #: ``DecompressionBombError`` above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (``MAX_IMAGE_PIXELS``
 #: defaults to ``1024 * 1024 * 1024 // 4 // 3`` = 89,478,485, the threshold of its
 #: ``DecompressionBombWarning``, which :func:`load_image` keeps quiet). :func:`load_image`
-#: checks ``width * height`` from the header against this limit before decoding anything.
+#: checks ``width * height`` from the header against this limit before decoding anything, and
+#: the decode cost against the byte budget it implies (:func:`decode_budget`: 8 bytes per
+#: pixel, 1.33 GiB; WebP and AVIF images cost more per pixel, so fewer of their pixels fit).
 DEFAULT_MAX_PIXELS = 178_956_970
 
-# Serialises the short critical sections in which the process-wide warning filters are changed
-# to keep Pillow's DecompressionBombWarning from leaking (``warnings.catch_warnings`` is not
-# thread-safe; the lock covers camscope's own decoding threads, and other threads only ever see
-# one extra "ignore" filter). Only header parsing (cheap) runs under it, never a normal decode.
-_WARNINGS_LOCK = threading.Lock()
+#: Extra peak bytes per pixel of decoders that hold a full-size buffer of their own on top of
+#: Pillow's image (measured: WebP 16 bytes/pixel in all, AVIF 9.5; JPEG, PNG, TIFF, GIF none).
+FORMAT_EXTRA_BYTES: dict[str, int] = {"WEBP": 8, "AVIF": 2}
+
+# Pixels per band of the band-wise conversions (:func:`_map_tiles`).
+_TILE_PIXELS = 1 << 18
+
+# One decode at a time in the process: ``warnings.catch_warnings`` (used to turn Pillow's
+# warnings into log lines) changes process-wide state, and one decode at a time keeps memory
+# within one budget whatever the number of decoding threads (re-entrant: iter_images holds it
+# across decode + resize).
+_DECODE_LOCK = threading.RLock()
+
+_PIL_DIR = os.path.dirname(os.path.abspath(Image.__file__)) + os.sep
+_log = logging.getLogger("camscope")
 
 
 class LoadedImage(NamedTuple):
@@ -144,9 +162,7 @@ def _open_image(fh: IO[bytes], display: str, max_pixels: int | None) -> Image.Im
     ``max_pixels``); its hard *error* becomes an InputError worded like the caller's check.
     """
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(fh)
+        return Image.open(fh)
     except UnidentifiedImageError:
         raise InputError(display, "not a recognised image format") from None
     except Image.DecompressionBombError:
@@ -185,21 +201,51 @@ def _decode_cause(exc: BaseException) -> str:
     return "truncated or corrupt image data"
 
 
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    """Flatten an image with transparency over a white background (8-bit RGB result)."""
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+def _tiles(image: Image.Image) -> Iterator[tuple[tuple[int, int, int, int], Image.Image]]:
+    """Bands of whole rows of about ``_TILE_PIXELS`` pixels: ``(box, cropped image)``."""
+    width, height = image.size
+    rows = max(1, _TILE_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        box = (0, top, width, min(top + rows, height))
+        yield box, image.crop(box)
+
+
+def _map_tiles(image: Image.Image, convert: Callable[[Image.Image], np.ndarray]) -> Image.Image:
+    """8-bit RGB image built band by band from ``convert(band) -> uint8 (h, w, 3)``.
+
+    Peak memory: the source, the RGB result (4 bytes/pixel) and one band's temporaries, instead
+    of full-size float copies.
+    """
+    out = Image.new("RGB", image.size)
+    for box, tile in _tiles(image):
+        out.paste(Image.fromarray(np.ascontiguousarray(convert(tile), dtype=np.uint8)), box[:2])
+    return out
+
+
+def _white_composite_tile(tile: Image.Image) -> np.ndarray:
+    """One band flattened over white: ``rgb * a + 255 * (1 - a)``, rounded (float32)."""
+    rgba = np.asarray(tile.convert("RGBA"), dtype=np.float32)
     alpha = rgba[..., 3:4] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
-    gray8 = np.ascontiguousarray(gray, dtype=np.uint8)
-    return Image.fromarray(np.repeat(gray8[..., None], 3, axis=2), "RGB")
+def _grey16_tile(tile: Image.Image) -> np.ndarray:
+    """16/32-bit integer band -> 8-bit grey RGB: ``round(clip(v, 0, 65535) * 255 / 65535)``."""
+    data = np.asarray(tile).astype(np.float64)
+    grey = np.rint(np.clip(data, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _float_tile(tile: Image.Image) -> np.ndarray:
+    """Float band -> 8-bit grey RGB: clipped to [0, 255], rounded, NaN -> 0."""
+    data = np.nan_to_num(np.asarray(tile, dtype=np.float64), nan=0.0)
+    grey = np.rint(np.clip(data, 0, 255)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert a decoded image of any mode to 8-bit RGB.
+    """Convert a decoded image of any mode to 8-bit RGB (the same object when already RGB).
 
     * 16/32-bit integer modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I``) are treated as
       16-bit data: clipped to 0..65535 and scaled to 0..255 (``round(v * 255 / 65535)``), not
@@ -210,19 +256,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     * ``LAB`` goes through a LittleCMS Lab -> sRGB transform.
     * Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``HSV``, ``RGBX``...) uses
       ``Image.convert("RGB")``.
+
+    The numeric conversions run band by band (:func:`_map_tiles`), so they hold no full-size
+    temporaries: peak memory per mode is :func:`bytes_per_pixel`.
     """
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode == "I" or mode.startswith("I;16"):
-        data = np.asarray(image).astype(np.float64)
-        scaled = np.rint(np.clip(data, 0, 65535) * (255.0 / 65535.0))
-        return _gray_to_rgb(scaled)
+        return _map_tiles(image, _grey16_tile)
     if mode == "F":
-        data = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-        return _gray_to_rgb(np.rint(np.clip(data, 0, 255)))
+        return _map_tiles(image, _float_tile)
     if "A" in mode or "a" in mode or "transparency" in image.info:
-        return _composite_on_white(image)
+        return _map_tiles(image, _white_composite_tile)
     if mode == "LAB":  # Image.convert would copy the channels without a colour transform
         from PIL import ImageCms
 
@@ -233,28 +279,211 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of *image*; 1 when absent or unreadable."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - broken EXIF: keep the stored orientation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(rgb: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation to an RGB image (the same table as ``ImageOps.exif_transpose``)."""
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return rgb if method is None else rgb.transpose(method)
+
+
+def bytes_per_pixel(mode: str, format: str | None = None) -> int:  # noqa: A002 - Pillow's name
+    """Peak bytes per pixel that :func:`load_image` holds to decode an image of *mode*/*format*.
+
+    Decoding holds Pillow's image (its storage: 1 byte/pixel for ``1``/``L``/``P``, 2 for
+    ``I;16``, 4 for ``I``/``F`` and every multi-band mode) and then the 8-bit RGB result (4,
+    Pillow pads RGB to 4 bytes), or the RGB result and its EXIF-rotated copy (4 + 4): so
+    ``max(storage + 4, 8)``, which is 8 for every mode Pillow has. The band-wise conversions
+    (:func:`_to_rgb`) keep float temporaries to one band (about 20 MiB, whatever the size).
+    Decoders with full-size buffers of their own add :data:`FORMAT_EXTRA_BYTES`. Measured per
+    mode and format with ``benchmarks/bench_decode_memory.py`` (BENCHMARKS.md).
+
+    Example:
+        >>> bytes_per_pixel("RGB"), bytes_per_pixel("RGBA"), bytes_per_pixel("RGB", "WEBP")
+        (8, 8, 16)
+    """
+    try:
+        info = ImageMode.getmode(mode)
+        item = int(info.typestr[-1])
+        storage = 4 if len(info.bands) > 1 and item == 1 else item * len(info.bands)
+    except (KeyError, ValueError):  # a mode this Pillow does not describe: assume the widest
+        storage = 8
+    return max(storage + 4, 8) + FORMAT_EXTRA_BYTES.get(format or "", 0)
+
+
+def decode_budget(max_pixels: int) -> int:
+    """Bytes that decoding may hold at once: ``max_pixels * bytes_per_pixel("RGB")``.
+
+    ``max_pixels`` is the largest 8-bit RGB image accepted; an image of another mode is accepted
+    when ``width * height * bytes_per_pixel(mode)`` fits the same budget (and ``width * height <=
+    max_pixels``): with today's decoders only WebP and AVIF images get fewer pixels. The default,
+    178,956,970 pixels, is a budget of 1.33 GiB; decoding holds at most that (plus about 20 MiB)
+    at once in the process, whatever the number of decoding threads.
+
+    Raises:
+        ValueError: ``max_pixels`` is not a positive integer (a usage error).
+
+    Example:
+        >>> decode_budget(1_000_000)
+        8000000
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive number of pixels, got {max_pixels!r}")
+    return max_pixels * bytes_per_pixel("RGB")
+
+
+def _check_size(image: Image.Image, display: str, max_pixels: int | None) -> None:
+    """Refuse, before decoding, an image whose size or decode cost is above the limit."""
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InputError(display, f"image has an invalid size {width}x{height}")
+    if max_pixels is None:
+        return
+    if width * height > max_pixels:
+        cause = f"image is {_size_text(width, height)}, above the {_limit_text(max_pixels)}"
+        raise InputError(display, cause)
+    per_pixel = bytes_per_pixel(image.mode, image.format)
+    need, budget = width * height * per_pixel, decode_budget(max_pixels)
+    if need > budget:
+        kind = f"{image.format} {image.mode}" if image.format else image.mode
+        raise InputError(
+            display,
+            f"{kind} image of {_size_text(width, height)} needs "
+            f"{_bytes_text(need)} to decode ({per_pixel} bytes/pixel), above the "
+            f"{_bytes_text(budget)} budget of the {_limit_text(max_pixels)}",
+        )
+
+
+def _bytes_text(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n} bytes"
+
+
+def _load_pixels(image: Image.Image, display: str) -> None:
+    """``image.load()`` with every failure as :class:`InputError`."""
+    try:
+        image.load()
+    except Image.DecompressionBombError:
+        width, height = image.size
+        cause = f"image is {_size_text(width, height)}, above Pillow's limit"
+        raise InputError(display, cause) from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError...
+        raise InputError(display, _decode_cause(exc)) from None
+
+
+def _decoded_rgb(image: Image.Image, display: str) -> Image.Image:
+    """Decode *image* (opened, size checked) into oriented 8-bit RGB; frees the source."""
+    _load_pixels(image, display)
+    orientation = _orientation(image)
+    try:
+        rgb = _to_rgb(image)
+    except MemoryError as exc:
+        raise InputError(display, _decode_cause(exc)) from None
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(display, f"unsupported image mode {image.mode} ({_short(exc)})") from None
+    if rgb is not image:
+        image.close()  # free the source before the orientation copy
+    try:
+        return _orient(rgb, orientation)
+    except MemoryError as exc:
+        raise InputError(display, _decode_cause(exc)) from None
+
+
+@contextlib.contextmanager
+def _pillow_warnings(display: str) -> Iterator[None]:
+    """Turn Pillow's warnings into one ``camscope`` log line each, naming the file.
+
+    Runs under :data:`_DECODE_LOCK` (``warnings.catch_warnings`` changes process-wide state).
+    ``DecompressionBombWarning`` is dropped (camscope checks its own limit first); warnings from
+    elsewhere (other threads in the meantime) are re-issued unchanged afterwards; Pillow's
+    warnings are only logged when the image decodes (a failure is its own one line).
+    """
+    caught: list[warnings.WarningMessage] = []
+    ok = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+        ok = True
+    finally:
+        for item in caught:
+            if os.path.abspath(item.filename).startswith(_PIL_DIR):
+                if ok:
+                    _log.warning("%s: Pillow warns: %s", escape_name(display), _short(item.message))
+            else:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
 def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode one image file into a fully loaded 8-bit ``RGB`` :class:`PIL.Image.Image`.
 
-    * The EXIF orientation tag is applied (``ImageOps.exif_transpose``); unreadable EXIF data is
-      ignored rather than treated as an error.
+    * The size and the decode cost are checked from the header before any pixel data is
+      decoded: ``width * height <= max_pixels`` and ``width * height * bytes_per_pixel(mode)
+      <= decode_budget(max_pixels)`` (so an RGBA or 16-bit image gets the same memory budget
+      as an 8-bit RGB image of ``max_pixels`` pixels).
+    * The EXIF orientation tag is applied; unreadable EXIF data is ignored rather than treated as
+      an error.
     * Multi-frame files (animated GIF/WebP, multi-page TIFF): the first frame is used.
     * Transparency is composited over a white background; 16-bit data is scaled to 8 bits;
       see :func:`_to_rgb` for the per-mode rules.
     * Truncated files are errors: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not touched.
+    * Pillow's warnings (corrupt EXIF, ...) become one ``camscope`` log warning naming the file.
+    * Decodes run one at a time in the process (a lock), so memory is bounded by one budget.
 
     Args:
         path: the image file.
-        max_pixels: largest accepted ``width * height``, checked from the header before any
-            pixel data is decoded (``None``: no limit of our own). Pillow's hard
-            decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``) still applies.
+        max_pixels: largest accepted 8-bit RGB image, in pixels (``None``: no limit of our own;
+            Pillow's hard decompression-bomb limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS``, still
+            applies).
 
     Raises:
         InputError: for every failure (missing, empty, directory, unreadable, not an image,
-            corrupt or truncated, over the pixel limit, unsupported mode).
+            corrupt or truncated, over the limit, unsupported mode).
+        ValueError: ``max_pixels`` is not positive (a usage error, not a bad input).
+
+    Example:
+        >>> rgb = load_image("photo.jpg", max_pixels=50_000_000)  # doctest: +SKIP
     """
+    if max_pixels is not None:
+        decode_budget(max_pixels)
     path = Path(path)
     display = os.fspath(path)
+    _check_file(path, display)
+    try:
+        fh = _open_binary(path)
+    except OSError as exc:
+        raise InputError(display, _os_cause(exc)) from None
+    with fh, _DECODE_LOCK, _pillow_warnings(display):
+        image = _open_image(fh, display, max_pixels)
+        try:
+            _check_size(image, display, max_pixels)
+            return _decoded_rgb(image, display)
+        except BaseException:
+            image.close()
+            raise
+
+
+def _check_file(path: Path, display: str) -> None:
+    """Refuse what is not a non-empty regular file, before opening it."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -265,54 +494,6 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         raise InputError(display, "not a regular file")
     if st.st_size == 0:
         raise InputError(display, "empty file (0 bytes)")
-
-    try:
-        fh = _open_binary(path)
-    except OSError as exc:
-        raise InputError(display, _os_cause(exc)) from None
-    with fh:
-        image = _open_image(fh, display, max_pixels)
-        with image:
-            width, height = image.size
-            if width <= 0 or height <= 0:
-                raise InputError(display, f"image has an invalid size {width}x{height}")
-            if max_pixels is not None and width * height > max_pixels:
-                raise InputError(
-                    display,
-                    f"image is {_size_text(width, height)}, above the {_limit_text(max_pixels)}",
-                )
-            pillow_limit = Image.MAX_IMAGE_PIXELS
-            try:
-                if pillow_limit is not None and width * height > pillow_limit:
-                    # Large (but accepted) image: keep Pillow's per-frame bomb warning
-                    # (GIF/TIFF check again while decoding) quiet here too.
-                    with _WARNINGS_LOCK, warnings.catch_warnings():
-                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                        image.load()
-                else:
-                    image.load()
-            except Image.DecompressionBombError:
-                raise InputError(
-                    display, f"image is {_size_text(width, height)}, above Pillow's limit"
-                ) from None
-            except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError...
-                raise InputError(display, _decode_cause(exc)) from None
-
-            try:
-                oriented = ImageOps.exif_transpose(image)
-            except Exception:  # noqa: BLE001 - broken EXIF: keep the stored orientation
-                oriented = image
-            try:
-                rgb = _to_rgb(oriented)
-            except MemoryError as exc:
-                raise InputError(display, _decode_cause(exc)) from None
-            except Exception as exc:  # noqa: BLE001
-                raise InputError(
-                    display, f"unsupported image mode {image.mode} ({_short(exc)})"
-                ) from None
-            if rgb is image:
-                rgb = image.copy()  # detach from the file before it is closed
-    return rgb
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,8 +556,10 @@ def _load_one(
     max_pixels: int | None,
 ) -> LoadedImage:
     try:
-        image = load_image(path, max_pixels=max_pixels)
-        rgb, tensor = preprocess(image, size=size, mean=mean, std=std)
+        with _DECODE_LOCK:  # the full-size image is freed before the next decode starts
+            image = load_image(path, max_pixels=max_pixels)
+            rgb, tensor = preprocess(image, size=size, mean=mean, std=std)
+            image.close()
     except InputError as exc:
         return LoadedImage(path, None, None, exc)
     except MemoryError:
@@ -396,9 +579,13 @@ def iter_images(
 ) -> Iterator[LoadedImage]:
     """Decode and preprocess images in background threads, yielding them in input order.
 
-    Decoding (Pillow releases the GIL) overlaps with whatever the consumer does with the
-    previous images (model compute). At most ``prefetch`` images are decoded ahead of the
-    consumer, so memory stays bounded for long input lists.
+    Decoding overlaps with whatever the consumer does with the previous images (model
+    compute). One image is decoded at a time (:func:`load_image`'s lock, held until it is
+    resized), so full-size decoding never holds more than ``decode_budget(max_pixels)`` bytes
+    whatever ``workers`` is; at most ``prefetch`` resized images wait for the consumer.
+
+    Raises:
+        ValueError: ``workers < 1`` or ``max_pixels <= 0``, before any image is read.
 
     Yields:
         :class:`LoadedImage` tuples ``(path, rgb, tensor, error)``: on success ``rgb`` is uint8
@@ -407,11 +594,17 @@ def iter_images(
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    window = max(int(prefetch), 1)
+    if max_pixels is not None:
+        decode_budget(max_pixels)  # ValueError now, not once per image
     size = (int(size[0]), int(size[1]))
-    mean = tuple(float(m) for m in mean)
-    std = tuple(float(s) for s in std)
-    source = iter(Path(p) for p in paths)
+    options = (size, tuple(float(m) for m in mean), tuple(float(s) for s in std), max_pixels)
+    return _decode_ahead(iter(Path(p) for p in paths), options, workers, max(int(prefetch), 1))
+
+
+def _decode_ahead(
+    source: Iterator[Path], options: tuple, workers: int, window: int
+) -> Iterator[LoadedImage]:
+    """Generator behind :func:`iter_images`: ``window`` futures in flight, yielded in order."""
     pending: deque[Future[LoadedImage]] = deque()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="camscope-decode")
     try:
@@ -422,7 +615,7 @@ def iter_images(
                     path = next(source)
                 except StopIteration:
                     return
-                pending.append(executor.submit(_load_one, path, size, mean, std, max_pixels))
+                pending.append(executor.submit(_load_one, path, *options))
 
         fill()
         while pending:
