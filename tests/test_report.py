@@ -1,383 +1,215 @@
-"""Tests for camscope.report: the analysis follows the numbers; the page is self-contained."""
+"""Tests for camscope.report.build_report on synthetic results tables (docs/CONTRACT.md schema).
+
+Numbers are checked against the table read back with pyarrow and statistics computed by hand;
+sizes and caps against synthetic runs of 5,000 images.
+"""
 
 from __future__ import annotations
 
-import html
-import json
+import csv
+import math
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-import torch
-from matplotlib.figure import Figure
+from html_browser import Collect, browser_check
 from PIL import Image
+from synthetic_runs import make_run, schema
 
 from camscope import metrics as M
-from camscope import report as R
+from camscope.report import GALLERY_CAP, MAX_BYTES, METRICS, RunTable, build_report
 
-METHODS = ["gradcam", "ablationcam", "scorecam"]
-
-
-def _entry(i: int, *, truth: int | None = None, top1: int = 1) -> R.ImageEntry:
-    return R.ImageEntry(
-        name=f"img{i}",
-        file=f"/data/img{i}.png",
-        target_index=top1,
-        target_name=f"class {top1}",
-        top1_index=top1,
-        top1_name=f"class {top1}",
-        top1_prob=0.5,
-        truth_index=truth,
-        truth_name=None if truth is None else f"class {truth}",
-        rgb=np.full((16, 16, 3), 40 * i % 255, dtype=np.uint8),
-    )
+METHODS = ("gradcam", "ablationcam", "scorecam")
+SANITY = {
+    "gradcam": ([0.1, -0.2, 0.05], [False, False, False]),
+    "ablationcam": ([0.1, 0.0, 0.0], [False, True, True]),  # 2 of 3 randomised maps vanish
+}
 
 
-def _values(**overrides) -> dict[str, np.ndarray]:
-    base = {
-        "average_drop": np.array([0.2, 0.3, 0.4]),
-        "increase": np.array([0.0, 1.0, 0.0]),
-        "deletion_auc": np.array([0.1, 0.2, 0.3]),
-        "insertion_auc": np.array([0.5, 0.6, 0.7]),
-        "empty": np.zeros(3),
-        "share_above_half": np.array([0.1, 0.1, 0.1]),
-    }
-    base.update({k: np.asarray(v, dtype=np.float64) for k, v in overrides.items()})
-    return base
+def _csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as fh:
+        return {row["method"]: row for row in csv.DictReader(fh)}
 
 
-def _agree(pearson, iou) -> dict[str, np.ndarray]:
-    return {"pearson": np.asarray(pearson, float), "top20_iou": np.asarray(iou, float)}
+def _parse(path: Path) -> Collect:
+    parser = Collect()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
 
 
-def scenario() -> R.ReportData:
-    """Image 0: S empty, G/A agree strongly. Image 1: S off-region, A spread. Image 2: wrong."""
-    values = {
-        "gradcam": _values(deletion_auc=[0.05, 0.2, 0.3], share_above_half=[0.1, 0.1, 0.2]),
-        "ablationcam": _values(share_above_half=[0.1, 0.45, 0.2], insertion_auc=[0.5, 0.9, 0.7]),
-        "scorecam": _values(empty=[1, 0, 0], share_above_half=[0.0, 0.12, 0.2]),
-    }
-    agreement = {
-        ("gradcam", "ablationcam"): _agree([0.9, 0.5, 0.5], [0.8, 0.6, 0.5]),
-        ("gradcam", "scorecam"): _agree([0.0, 0.1, 0.5], [0.0, 0.1, 0.5]),
-        ("ablationcam", "scorecam"): _agree([0.0, 0.2, 0.5], [0.0, 0.05, 0.5]),
-    }
-    images = [_entry(0, truth=1), _entry(1), _entry(2, truth=7)]
-    return R.ReportData(
-        title="t",
-        run={"model": "tiny", "layer": "conv2"},
-        methods=METHODS,
-        images=images,
-        values=values,
-        agreement=agreement,
-        steps=10,
-    )
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    run = make_run(tmp_path_factory.mktemp("small") / "run", 12, failures=2,
+                   empty={"scorecam": 2}, sanity=SANITY, part_rows=5)  # fmt: skip
+    return run, build_report([run], run, title="<script>alert(1)</script>", resamples=2000)
 
 
-def test_image_findings_follow_the_numbers():
-    data = scenario()
-    f0 = " ".join(R.image_findings(data, 0))
-    assert "which is correct" in f0
-    assert "The map of ScoreCAM is empty (all zero)" in f0
-    assert "Grad-CAM and AblationCAM agree strongly (Pearson r = 0.90, top-20% IoU = 0.80)" in f0
-    assert "ScoreCAM agree" not in f0  # the empty map is not compared
-    assert "Most faithful by deletion (lowest AUC): Grad-CAM with 0.050" in f0
-    assert "spread" not in f0 and "off the region" not in f0
-
-    f1 = " ".join(R.image_findings(data, 1))
-    assert "ground truth is unknown" in f1
-    assert "Grad-CAM and ScoreCAM agree weakly (Pearson r = 0.10" in f1
-    assert "Grad-CAM and AblationCAM agree moderately" in f1
-    assert "The map of AblationCAM is spread: 45% of its pixels are above 0.5" in f1
-    assert "The top-20% region of ScoreCAM is off the region the others share" in f1
-    assert "Most faithful by insertion (highest AUC): AblationCAM with 0.900" in f1
+@pytest.fixture(scope="module")
+def large(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    run = make_run(tmp_path_factory.mktemp("large") / "run", 5000, failures=120,
+                   empty={"scorecam": 40}, part_rows=500)  # fmt: skip
+    return run, build_report([run], run, resamples=500)
 
 
-def test_close_aucs_are_not_ranked():
-    data = scenario()
-    data.values["scorecam"]["deletion_auc"][1] = 0.195  # within 0.01 of Grad-CAM's 0.2
-    data.values["ablationcam"]["deletion_auc"][1] = 0.5
-    f1 = " ".join(R.image_findings(data, 1))
-    assert (
-        "By deletion (lowest AUC) no single map is clearly most faithful: Grad-CAM (0.200) and "
-        "ScoreCAM (0.195) lie within 0.01 of the best; AblationCAM 0.500." in f1
-    )
-    data.values["scorecam"]["deletion_auc"][1] = 0.18
-    assert "Most faithful by deletion (lowest AUC): ScoreCAM with 0.180" in " ".join(
-        R.image_findings(data, 1)
-    )
-
-    f2 = " ".join(R.image_findings(data, 2))
-    assert "which is wrong: the ground truth is class 7" in f2
-    assert "spread" not in f2 and "off the region" not in f2
-    # all three deletion AUCs are 0.3: nobody is named most faithful by deletion
-    assert "By deletion (lowest AUC) no single map is clearly most faithful" in f2
-    assert "Most faithful by deletion" not in f2
-
-
-def test_thresholds_are_respected_and_stated():
-    data = scenario()
-    data.thresholds = R.Thresholds(strong_agreement=0.95)
-    assert "agree strongly" not in " ".join(R.image_findings(data, 0))
-    md = R.render_markdown(scenario())
-    assert "Pearson r ≥ 0.7 is strong, ≤ 0.3 weak" in md
-    assert "mean |Spearman| after the last step < 0.5" in md
-
-
-def _ranking_data(n: int = 12) -> R.ReportData:
-    rng = np.random.default_rng(0)
-    g = rng.uniform(0.1, 0.3, n)
-    a = g + 0.1 + rng.normal(0, 0.01, n)  # clearly worse than Grad-CAM
-    s = a + rng.normal(0, 0.05, n)  # indistinguishable from AblationCAM
-    values = {}
-    for m, dele in zip(METHODS, (g, a, s), strict=True):
-        values[m] = {
-            "average_drop": dele,
-            "increase": (rng.random(n) > 0.5).astype(float),
-            "deletion_auc": dele,
-            "insertion_auc": 1 - dele,
-            "empty": np.zeros(n),
-            "share_above_half": np.full(n, 0.1),
-        }
-    agreement = {
-        (x, y): _agree(np.full(n, 0.5), np.full(n, 0.5))
-        for x, y in [
-            ("gradcam", "ablationcam"),
-            ("gradcam", "scorecam"),
-            ("ablationcam", "scorecam"),
-        ]
-    }
-    return R.ReportData(
-        title="rank",
-        run={},
-        methods=METHODS,
-        images=[_entry(i) for i in range(n)],
-        values=values,
-        agreement=agreement,
-        steps=10,
-    )
-
-
-def test_conclusion_ranks_with_ci_and_says_what_is_not_significant():
-    data = _ranking_data()
-    md = R.render_markdown(data)
-    conclusion = md.split("## Conclusion")[1]
-    dele = data.values["gradcam"]["deletion_auc"]
-    mean, lo, hi = M.mean_ci(dele)
-    assert f"1. Grad-CAM {mean:.3f} [95% CI {lo:.3f}, {hi:.3f}]" in conclusion
-    d_ga = M.paired_difference(dele, data.values["ablationcam"]["deletion_auc"])
-    assert d_ga.significant
-    d_as = M.paired_difference(
-        data.values["ablationcam"]["deletion_auc"], data.values["scorecam"]["deletion_auc"]
-    )
-    assert not d_as.significant
-    line = next(x for x in conclusion.splitlines() if x.startswith("- Grad-CAM − AblationCAM"))
-    assert line.endswith(": significant.")
-    pair = re.compile(r"- (AblationCAM − ScoreCAM|ScoreCAM − AblationCAM).*not significant")
-    assert pair.search(conclusion)
-    assert "Grad-CAM is best on Deletion AUC, significantly ahead of every other method" in md
-    assert "Significant first places" in md and "Grad-CAM on Average Drop" in md
-
-
-def test_conclusion_without_differences_claims_nothing_significant():
-    data = _ranking_data()
+def test_summary_matches_the_table(small):
+    run, out = small
+    table = pq.read_table(run / "results").to_pandas()
+    rows = _csv(out["summary.csv"])
+    assert list(rows) == list(METHODS)
     for m in METHODS:
-        data.values[m] = dict(data.values["gradcam"])
-    md = R.render_markdown(data)
-    assert "No method is significantly ahead of all others on any metric." in md
-    assert ": significant." not in md
+        sub = table[table["method"] == m]
+        assert int(rows[m]["n"]) == len(sub) == 12
+        assert int(rows[m]["empty_maps"]) == int(sub["empty"].sum())
+        for spec in METRICS:
+            k = f"{spec.key}{'_pct' if spec.unit == '%' else ''}"
+            values = sub[spec.key].astype(np.float64).to_numpy()
+            mean, lo, hi = (float(rows[m][f"{k}_{x}"]) for x in ("mean", "low", "high"))
+            assert mean == pytest.approx(values.mean() * spec.scale, rel=1e-5)
+            assert 0 <= lo <= mean <= hi <= spec.scale  # inside the metric's range
+            if spec.interval == "wilson":  # textbook Wilson, float64, by hand
+                k_, n, z = values.sum(), len(values), 1.959963984540054
+                c = (k_ / n + z * z / (2 * n)) / (1 + z * z / n)
+                h = z / (1 + z * z / n) * math.sqrt(k_ / n * (1 - k_ / n) / n + z * z / (4 * n * n))
+                assert (lo, hi) == pytest.approx((100 * (c - h), 100 * (c + h)), abs=1e-3)
+            else:
+                assert (
+                    values.min() * spec.scale - 1e-4 <= lo
+                    and hi <= values.max() * spec.scale + 1e-4
+                )
 
 
-def test_summary_table_matches_mean_ci():
-    data = _ranking_data()
-    data.sanity = {
-        "gradcam": [M.SanityStep.from_values("fc", torch.tensor([0.1, -0.2]), 2, 2)],
-        "scorecam": [M.SanityStep.from_values("fc", torch.tensor([0.9, 0.96]), 2, 2)],
-    }
-    data.sanity_images = 2
-    header, rows = R.summary_table(data)
-    assert header[:3] == ["method", "n", "average_drop_pct_mean"]
-    assert header[3:5] == ["average_drop_pct_ci_low", "average_drop_pct_ci_high"]
-    by_method = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
-    mean, lo, hi = M.mean_ci(data.values["gradcam"]["average_drop"] * 100)
-    g = by_method["gradcam"]
-    assert float(g["average_drop_pct_mean"]) == pytest.approx(mean, rel=1e-5)
-    assert float(g["average_drop_pct_ci_low"]) == pytest.approx(lo, rel=1e-5)
-    assert float(g["insertion_auc_ci_high"]) == pytest.approx(
-        M.mean_ci(data.values["gradcam"]["insertion_auc"])[2], rel=1e-5
-    )
-    assert g["sanity_pass"] == "pass" and by_method["scorecam"]["sanity_pass"] == "fail"
-    assert by_method["ablationcam"]["sanity_pass"] == ""
-    md = R.render_markdown(data)
-    assert "Grad-CAM: after randomising only fc" in md and "passes" in md
-    assert "ScoreCAM: after randomising only fc" in md and "fails" in md
-    g_mean, g_lo, g_hi = (100 * x for x in M.mean_ci(data.values["gradcam"]["average_drop"]))
-    assert f"| Grad-CAM | 12 | {g_mean:.1f} [{g_lo:.1f}, {g_hi:.1f}] |" in md
-    assert "Sanity: final mean \\|Spearman\\| |" in md  # pipes escaped in the table
-    assert "| 0.15 (pass) |" in md and "| 0.93 (fail) |" in md and "| not run |" in md
+def test_sanity_empty_maps_are_counted_and_fail(small):
+    run, out = small
+    rows = _csv(out["summary.csv"])
+    assert rows["ablationcam"]["sanity_outcome"] == "empty"
+    assert rows["ablationcam"]["sanity_empty_randomised"] == "2"
+    assert rows["gradcam"]["sanity_outcome"] == "pass"
+    assert rows["scorecam"]["sanity_outcome"] == "not run"
+    for name in ("report.md", "report.html"):
+        text = out[name].read_text(encoding="utf-8")
+        assert "2 of 3 randomised maps empty" in text
+        lines = text.replace("<li>", "\n").splitlines()
+        line = next(ln for ln in lines if "AblationCAM: after randomising" in ln)
+        assert "fail" in line and "pass" not in line
 
 
-def test_plots_are_labelled():
-    data = scenario()
-    curves = {
-        m: (np.linspace(1, 0, 11)[None].repeat(3, 0), np.linspace(0, 1, 11)[None]) for m in METHODS
-    }
-    fig = R.plot_curves(curves)
-    assert isinstance(fig, Figure)
-    left, right = fig.axes
-    assert left.get_xlabel() == "share of pixels deleted" and "probability" in left.get_ylabel()
-    legend = [t.get_text() for t in left.get_legend().get_texts()]
-    assert legend[0] == "Grad-CAM (AUC 0.500, n=3)"
-    dist = R.plot_distributions(data.values)
-    assert [ax.get_ylabel() for ax in dist.axes] == [
-        "Average Drop (%)", "Increase in Confidence (%)", "Deletion AUC", "Insertion AUC"
-    ]  # fmt: skip
-    assert [t.get_text() for t in dist.axes[0].get_xticklabels()] == [
-        "Grad-CAM", "AblationCAM", "ScoreCAM"
-    ]  # fmt: skip
-
-
-class _Collect(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.imgs: list[str] = []
-        self.links: list[str] = []
-        self.scripts = 0
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.imgs.append(a.get("src") or "")
-        if tag == "script":
-            self.scripts += 1
-        for key in ("href", "src", "action"):
-            if key in a and tag != "img":
-                self.links.append(a[key])
-
-
-def _page(tmp_path: Path) -> tuple[Path, R.ReportData]:
-    data = scenario()
-    data.images[1].name = 'evil <b>"name"</b> & co'
-    data.notes = ["<script>alert(1)</script>"]
-    for i, img in enumerate(data.images):
-        for m in METHODS:
-            if (i, m) == (2, "scorecam"):
-                img.overlays[m] = tmp_path / "missing.png"  # shown as "not available"
-                continue
-            path = tmp_path / f"{m}_{i}.png"
-            Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(path)
-            img.overlays[m] = path
-    plot = tmp_path / "curves.png"
-    fig = R.plot_curves({"gradcam": (np.ones((2, 3)), np.zeros((2, 3)))})
-    fig.savefig(plot)
-    data.plots = {"Curves <1>": plot}
-    out = tmp_path / "report.html"
-    R.write_html(out, data)
-    return out, data
-
-
-def test_html_is_self_contained_and_escaped(tmp_path):
-    out, _ = _page(tmp_path)
-    text = out.read_text(encoding="utf-8")
-    parser = _Collect()
-    parser.feed(text)
-    assert parser.scripts == 0 and parser.links == []
-    assert len(parser.imgs) == 1 + 3 * (1 + 3) - 1  # plot + per image input and 3 overlays
-    assert all(
-        src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in parser.imgs
-    )
+def test_html_is_self_contained_bounded_and_escaped(small):
+    _, out = small
+    text = out["report.html"].read_text(encoding="utf-8")
+    page = _parse(out["report.html"])
+    assert page.scripts == 0 and "<script>alert" not in text and "&lt;script&gt;" in text
+    assert all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+               for src in page.imgs)  # fmt: skip
+    assert page.links and all(":" not in link for link in page.links)  # relative only
+    assert set(page.links) == {"metrics.csv", "results"}
     assert "http://" not in text and "https://" not in text
-    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    assert "evil &lt;b&gt;&quot;name&quot;&lt;/b&gt; &amp; co" in text
-    assert "image not available" in text
-    assert "Curves &lt;1&gt;" in text
+    assert "2 inputs failed" in text and "cannot identify image file" in text
+    # every gallery thumbnail is a small JPEG made from the input + the raw map
+    thumbs = [s for s in page.imgs if s.startswith("data:image/jpeg")]
+    assert thumbs
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(thumbs[1].split(",", 1)[1]))) as im:
+        assert im.format == "JPEG" and im.size == (128, 128)
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+def test_small_n_wording_and_ties(tmp_path):
+    # 12 images: Increase is 66.7 % for all three methods (a three-way tie)
+    tie = build_report([make_run(tmp_path / "tie", 12)], tmp_path / "tie", resamples=2000)
+    md = tie["report.md"].read_text(encoding="utf-8")
+    inc = md[md.index("**Increase in Confidence**") :].split("\n\n")[0]
+    assert "tie on the best mean (66.7%): no method is significantly best" in inc
+    assert "is best" not in inc and "best mean on" not in inc
+    # 5 images: intervals not meaningful, no order claimed, nothing significant
+    few = build_report([make_run(tmp_path / "few", 5, shift=0.3)], tmp_path / "few",
+                       resamples=2000)  # fmt: skip
+    md = few["report.md"].read_text(encoding="utf-8")
+    assert "interval not meaningful" in md and "no order is claimed" in md
+    assert ": significant." not in md and "is best" not in md
+    assert _csv(few["summary.csv"])["gradcam"]["intervals_meaningful"] == "False"
 
 
-# Injected into a copy of the page only (the product page has no script): records errors and
-# whether every <img> decoded, then writes the result into the DOM for --dump-dom.
-_PROBE = """<script>
-window.__errs = [];
-window.addEventListener('error', function (e) {
-  var t = e.target;
-  var what = (t && (t.src || t.href)) || '?';
-  window.__errs.push(e.message || ('failed to load ' + what).slice(0, 80));
-}, true);
-document.addEventListener('securitypolicyviolation', function (e) {
-  window.__errs.push('CSP: ' + e.violatedDirective + ' ' + String(e.blockedURI).slice(0, 80));
-});
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
-                   .map(function (i) { return i.alt; });
-  var pre = document.createElement('pre');
-  pre.id = 'camscope-probe';
-  pre.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errs});
-  document.body.appendChild(pre);
-});
-</script>"""
+def test_large_run_report_is_bounded(large):
+    run, out = large
+    size = out["report.html"].stat().st_size
+    assert size < MAX_BYTES
+    text = out["report.html"].read_text(encoding="utf-8")
+    sections = re.split(r"<h3>", text.split("<h2>Gallery</h2>")[1].split("<h2>")[0])[1:]
+    assert len(sections) == 4  # disagree, unfaithful, empty, sample
+    for sec in sections:
+        assert 0 < sec.count('<div class="card">') <= GALLERY_CAP
+    assert "120 inputs failed" in text and "70 more in the results table" in text
+    md = out["report.md"].read_text(encoding="utf-8")
+    gallery = md.split("## Gallery")[1].split("## Failed inputs")[0]
+    assert sum(ln.startswith("- `") for ln in gallery.splitlines()) <= 4 * GALLERY_CAP
+    assert len(md) < 200_000
+    assert int(_csv(out["summary.csv"])["gradcam"]["n"]) == 5000
 
 
-def browser_check(page: Path, tmp_path: Path) -> dict:
-    """Load a probe copy of ``page`` from file:// in headless Chromium; return the probe result."""
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium); HTML not rendered")
-    text = page.read_text(encoding="utf-8")
-    csp = f'content="{R.CSP}"'
-    assert csp in text
-    probe = text.replace(csp, f"content=\"{R.CSP}; script-src 'unsafe-inline'\"")
-    probe = probe.replace("</title>", "</title>" + _PROBE, 1)
-    harness = tmp_path / "probe.html"
-    harness.write_text(probe, encoding="utf-8")
-    profile = tmp_path / "chromium-profile"
-    cmd = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
-        harness.as_uri(),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    match = re.search(r'<pre id="camscope-probe">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"no probe result; chromium rc={proc.returncode}\n{proc.stderr[-3000:]}"
-    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln and "probe.html" in ln]
-    result = json.loads(html.unescape(match.group(1)))
-    result["console"] = console
-    return result
+def test_shards_merge_into_the_report_of_one_folder(tmp_path):
+    inputs = tmp_path / "inputs"
+    one = make_run(tmp_path / "one", 30, empty={"scorecam": 3}, images=inputs)
+    a = make_run(tmp_path / "a", 14, empty={"scorecam": 3}, images=inputs)
+    b = make_run(tmp_path / "b", 16, start=14, images=inputs)
+    whole = build_report([one], tmp_path / "r1", resamples=1000)
+    merged = build_report([a, b], tmp_path / "r2", resamples=1000)
+    assert whole["summary.csv"].read_text() == merged["summary.csv"].read_text()
+
+    def body(path: Path) -> str:  # everything but the title and the run folders
+        text = path.read_text(encoding="utf-8")
+        return text[text.index("## Summary") :]
+
+    assert body(whole["report.md"]) == body(merged["report.md"])
+    assert "30 explained" in merged["report.md"].read_text(encoding="utf-8")
 
 
-def test_html_renders_in_headless_chromium(tmp_path):
-    out, _ = _page(tmp_path)
-    result = browser_check(out, tmp_path)
-    assert result["images"] == 12
-    assert result["broken"] == []
-    assert result["errors"] == [] and result["console"] == []
+def test_duplicates_keep_the_last_written_row(tmp_path):
+    run = make_run(tmp_path / "run", 4, methods=("gradcam",), part_rows=4)
+    # a later part re-writes image 0 (new AUC) and records a failure of image 1 that also has an
+    # ok row: the later ok row wins, the failure is dropped
+    first = pq.read_table(next((run / "results").glob("part-*.parquet"))).to_pylist()
+    redo = dict(first[0], deletion_auc=0.875)
+    failed = {k: None for k in first[1]} | {"key": first[1]["key"], "name": first[1]["name"],
+              "status": "failed", "file": first[1]["file"], "error": "x"}  # fmt: skip
+    later = pa.Table.from_pylist([redo, failed], schema=schema(["gradcam"]))
+    pq.write_table(later, run / "results" / "part-zzzz-000000.parquet")
+    table = RunTable([run]).read(["name", "status", "deletion_auc"]).to_pylist()
+    assert len(table) == 4 and all(r["status"] == "ok" for r in table)
+    assert [r["deletion_auc"] for r in table if r["name"] == first[0]["name"]] == [0.875]
 
 
-def test_browser_probe_detects_a_broken_image(tmp_path):
-    """The harness itself works: an undecodable image and a blocked external one are caught."""
-    if _chromium() is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium); HTML not rendered")
-    page = tmp_path / "bad.html"
-    page.write_text(
-        '<!DOCTYPE html><html><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{R.CSP}"><title>x</title></head>'
-        '<body><img alt="junk" src="data:image/png;base64,AAAA">'
-        '<img alt="external" src="https://example.invalid/x.png"></body></html>',
-        encoding="utf-8",
-    )
-    result = browser_check(page, tmp_path)
-    assert sorted(result["broken"]) == ["external", "junk"]
-    assert any("CSP" in e for e in result["errors"])
+def test_report_without_metrics(tmp_path):
+    run = make_run(tmp_path / "run", 6, metrics=False)
+    out = build_report([run], run, resamples=500)
+    md = out["report.md"].read_text(encoding="utf-8")
+    assert "Faithfulness was not measured" in md and "curves.png" not in out
+    assert "### Where the methods disagree most" in md and "### Random sample" in md
+
+
+def test_missing_input_file_still_shows_the_map(tmp_path):
+    run = make_run(tmp_path / "run", 3, methods=("gradcam", "scorecam"))
+    for f in (tmp_path / "inputs").iterdir():
+        f.unlink()
+    text = build_report([run], run, resamples=500)["report.html"].read_text(encoding="utf-8")
+    assert "not available" in text and "data:image/jpeg" in text
+
+
+def test_report_renders_in_headless_chromium(small, tmp_path):
+    _, out = small
+    result = browser_check(out["report.html"], tmp_path)
+    assert result["images"] == len(_parse(out["report.html"]).imgs)
+    assert result["broken"] == [] and result["errors"] == [] and result["console"] == []
+
+
+def test_statistics_module_is_what_the_report_uses(small):
+    # the report's Increase interval is the library's Wilson interval on the same outcomes
+    run, out = small
+    table = pq.read_table(run / "results", columns=["method", "increase"]).to_pandas()
+    outcomes = table[table["method"] == "gradcam"]["increase"].astype(float)
+    iv = M.proportion_interval(outcomes)
+    row = _csv(out["summary.csv"])["gradcam"]
+    assert float(row["increase_pct_low"]) == pytest.approx(100 * iv.low, abs=1e-3)

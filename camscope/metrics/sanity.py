@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -201,6 +202,14 @@ class SanityVerdict(NamedTuple):
         return text
 
 
+def _vector(values: object, dtype: torch.dtype) -> torch.Tensor:
+    """A flat CPU tensor copy of a tensor, array or sequence."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().to(dtype).reshape(-1)
+    numpy_dtype = bool if dtype == torch.bool else np.float64
+    return torch.from_numpy(np.array(values, dtype=numpy_dtype).reshape(-1))
+
+
 def sanity_verdict(spearman: object, empty: object, threshold: float = 0.5) -> SanityVerdict:
     """The verdict from the final cascade step's per-image Spearman values and empty flags.
 
@@ -211,8 +220,7 @@ def sanity_verdict(spearman: object, empty: object, threshold: float = 0.5) -> S
         >>> sanity_verdict([0.1, 0.0, 0.0], [False, True, True]).describe()
         'fail: 2 of 3 randomised maps empty'
     """
-    rho = torch.as_tensor(spearman, dtype=torch.float64).reshape(-1)
-    flags = torch.as_tensor(empty, dtype=torch.bool).reshape(-1)
+    rho, flags = _vector(spearman, torch.float64), _vector(empty, torch.bool)
     if rho.shape != flags.shape:
         raise ValueError(f"{rho.numel()} Spearman values but {flags.numel()} empty flags")
     if rho.numel() == 0:

@@ -1,0 +1,269 @@
+"""What the report says, as numbers: per-image scalars of a results table and their statistics.
+
+`load_scalars` pivots the long results table (one row per image x method) into one aligned
+float64 array per method and column (NaN where a method has no value for an image), which is all
+the report holds per image: memory grows with n only by these scalars. `summarise` turns them into
+per-method intervals, rankings with significance (`camscope.metrics.rank_methods`), agreement
+means and the sanity verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from camscope.metrics import (
+    MIN_N,
+    RESAMPLES,
+    Interval,
+    Ranking,
+    SanityVerdict,
+    bootstrap_interval,
+    proportion_interval,
+    rank_methods,
+    sanity_verdict,
+)
+from camscope.report.source import RunTable
+
+__all__ = [
+    "IMAGE_COLUMNS",
+    "METRICS",
+    "MetricSpec",
+    "Scalars",
+    "Summary",
+    "Thresholds",
+    "load_scalars",
+    "summarise",
+]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold the written analysis uses, in one place (each is stated in the report).
+
+    strong_agreement / weak_agreement: Pearson r >= 0.7 is "strong", <= 0.3 "weak".
+    sanity_threshold: pass when the mean |Spearman| after the last cascade step is below it.
+    auc_margin: per image, a map is named most faithful by deletion/insertion only when its AUC
+        beats every other map's by at least this much.
+    """
+
+    strong_agreement: float = 0.7
+    weak_agreement: float = 0.3
+    sanity_threshold: float = 0.5
+    auc_margin: float = 0.01
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A per-image faithfulness metric: column of the table, display, range, interval and tie rule.
+
+    bounds: the range of the per-image value (raw units). interval: "bootstrap" (percentile
+    bootstrap of the mean) or "wilson" (proportion of true values). tie: means closer than this
+    (raw units; half a unit of the last shown digit) are reported as tied.
+    """
+
+    key: str
+    label: str
+    unit: str
+    scale: float
+    higher_is_better: bool
+    digits: int
+    bounds: tuple[float, float] = (0.0, 1.0)
+    interval: str = "bootstrap"
+    tie: float = 5e-4
+
+    def fmt(self, value: float) -> str:
+        """Value in display units (``scale`` applied), ``digits`` decimals and the unit."""
+        if value is None or not math.isfinite(value):
+            return "n/a"
+        return f"{value * self.scale:.{self.digits}f}{self.unit}"
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+#: The four faithfulness metrics, in report order.
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("average_drop", "Average Drop", "%", 100.0, False, 1),
+    MetricSpec("increase", "Increase in Confidence", "%", 100.0, True, 1, interval="wilson"),
+    MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3),
+    MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
+)
+
+#: Per-image columns (shared by every method of an image) kept for captions and prose.
+IMAGE_COLUMNS = (
+    "key", "name", "file", "top1_index", "top1_name", "top1_prob", "target_index",
+    "target_name", "truth_index",
+)  # fmt: skip
+_METHOD_COLUMNS = ("empty", "share_above_half", "seconds", *(s.key for s in METRICS))
+
+
+@dataclass
+class Scalars:
+    """Per-image scalars of a results table, aligned over the ok images.
+
+    images: IMAGE_COLUMNS + ``run_dir`` per ok image (one row per image). values: method ->
+    column -> (N,) float64, NaN where missing; columns are ``_METHOD_COLUMNS`` plus
+    ``pearson__X`` / ``top20_iou__X``. rows: method -> (N,) int64 position of that image's row
+    in `RunTable.batches` order (-1 where missing), to fetch maps of chosen images later.
+    failures: name, file, error of failed inputs.
+    """
+
+    methods: list[str]
+    images: pa.Table
+    values: dict[str, dict[str, np.ndarray]]
+    rows: dict[str, np.ndarray]
+    failures: pa.Table
+    has_metrics: bool
+
+    @property
+    def n(self) -> int:
+        return self.images.num_rows
+
+
+def _as_float(column: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_null(column.type):
+        return np.full(len(column), np.nan)
+    if pa.types.is_boolean(column.type):
+        column = pc.cast(column, pa.float64())
+    return pc.fill_null(pc.cast(column, pa.float64()), math.nan).to_numpy(zero_copy_only=False)
+
+
+def _method_order(found: Sequence[str], preferred: Sequence[str]) -> list[str]:
+    first = [m for m in dict.fromkeys(preferred) if m in found]
+    return first + [m for m in found if m not in first]
+
+
+def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
+    """Read the scalar columns of ``table`` and pivot them per method (see `Scalars`)."""
+    agree = [c for c in table.columns if c.startswith(("pearson__", "top20_iou__"))]
+    cols = [*IMAGE_COLUMNS, "status", "error", "method", *_METHOD_COLUMNS, *agree]
+    data = table.read(cols)
+    position = np.arange(data.num_rows)
+    ok = pc.fill_null(pc.equal(data["status"], "ok"), False).to_numpy(zero_copy_only=False)
+    failures = data.filter(pa.array(~ok)).select(["name", "file", "error", "run_dir"])
+    okd = data.filter(pa.array(ok))
+    pos = position[ok]
+    ident = pc.binary_join_element_wise(okd["key"], okd["name"], "\x00")
+    encoded = pc.dictionary_encode(ident).combine_chunks()
+    image = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n = len(encoded.dictionary)
+    _, first = np.unique(image, return_index=True)  # each image's first row
+    images = okd.select([*IMAGE_COLUMNS, "run_dir"]).take(pa.array(first))
+    method_col = okd["method"].to_pylist()
+    methods = _method_order(list(dict.fromkeys(m for m in method_col if m)), preferred)
+    method_arr = np.array(method_col, dtype=object)
+    values: dict[str, dict[str, np.ndarray]] = {}
+    rows: dict[str, np.ndarray] = {}
+    for m in methods:
+        sel = np.flatnonzero(method_arr == m)
+        rows[m] = np.full(n, -1, dtype=np.int64)
+        rows[m][image[sel]] = pos[sel]
+        values[m] = {}
+        for c in (*_METHOD_COLUMNS, *agree):
+            full = np.full(n, np.nan)
+            full[image[sel]] = _as_float(okd[c].take(pa.array(sel)))
+            values[m][c] = full
+    has_metrics = any(np.isfinite(values[m]["deletion_auc"]).any() for m in methods)
+    return Scalars(methods, images, values, rows, failures, has_metrics)
+
+
+@dataclass
+class Summary:
+    """Statistics of one report: per-method intervals, rankings, agreement, sanity.
+
+    intervals: method -> metric key -> `Interval`. n: method -> images with a map.
+    empty: method -> images whose map is empty. rankings: metric key -> `Ranking`.
+    agreement: (a, b) -> {"pearson": Interval, "top20_iou": Interval}. sanity: method ->
+    `SanityVerdict` (+ ``sanity_steps``: method -> (steps, last block)).
+    """
+
+    intervals: dict[str, dict[str, Interval]]
+    n: dict[str, int]
+    empty: dict[str, int]
+    rankings: dict[str, Ranking]
+    agreement: dict[tuple[str, str], dict[str, Interval]]
+    sanity: dict[str, SanityVerdict] = field(default_factory=dict)
+    sanity_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
+    resamples: int = RESAMPLES
+    min_n: int = MIN_N
+
+
+def _interval(spec: MetricSpec, values: np.ndarray, resamples: int) -> Interval:
+    if spec.interval == "wilson":
+        return proportion_interval(values)
+    return bootstrap_interval(values, bounds=spec.bounds, resamples=resamples)
+
+
+def _agreement(s: Scalars, resamples: int) -> dict[tuple[str, str], dict[str, Interval]]:
+    out = {}
+    for i, a in enumerate(s.methods):
+        for b in s.methods[i + 1 :]:
+            cols = {}
+            for key, bounds in (("pearson", (-1.0, 1.0)), ("top20_iou", (0.0, 1.0))):
+                v = s.values[a].get(f"{key}__{b}")
+                if v is None:
+                    v = s.values[b].get(f"{key}__{a}")
+                if v is not None and np.isfinite(v).any():
+                    cols[key] = bootstrap_interval(v, bounds=bounds, resamples=resamples)
+            if cols:
+                out[(a, b)] = cols
+    return out
+
+
+def _sanity(sanity: pa.Table | None, threshold: float) -> tuple[dict, dict]:
+    """Verdict per method from the last cascade step of sanity.parquet (all folders)."""
+    if sanity is None or sanity.num_rows == 0:
+        return {}, {}
+    verdicts, steps = {}, {}
+    method = np.array(sanity["method"].to_pylist(), dtype=object)
+    step = sanity["step"].to_numpy(zero_copy_only=False)
+    for m in dict.fromkeys(method.tolist()):
+        sel = method == m
+        last = int(step[sel].max())
+        final = np.flatnonzero(sel & (step == last))
+        sub = sanity.take(pa.array(final))
+        rho = _as_float(sub["spearman"])
+        empty = _as_float(sub["empty_randomised"]) > 0
+        verdicts[m] = sanity_verdict(rho, empty, threshold)
+        steps[m] = (last, str(sub["block"][0].as_py()))
+    return verdicts, steps
+
+
+def summarise(
+    s: Scalars,
+    sanity: pa.Table | None = None,
+    *,
+    thresholds: Thresholds = Thresholds(),
+    resamples: int = RESAMPLES,
+) -> Summary:
+    """Intervals, rankings (ties, significance), agreement and sanity verdicts of ``s``."""
+    intervals = {
+        m: {spec.key: _interval(spec, s.values[m][spec.key], resamples) for spec in METRICS}
+        for m in s.methods
+    }
+    rankings = {}
+    if s.has_metrics:
+        for spec in METRICS:
+            samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
+            rankings[spec.key] = rank_methods(
+                samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
+                resamples=resamples,
+            )  # fmt: skip
+    verdicts, steps = _sanity(sanity, thresholds.sanity_threshold)
+    return Summary(
+        intervals=intervals,
+        n={m: int((s.rows[m] >= 0).sum()) for m in s.methods},
+        empty={m: int(np.nansum(s.values[m]["empty"])) for m in s.methods},
+        rankings=rankings,
+        agreement=_agreement(s, resamples),
+        sanity=verdicts,
+        sanity_steps=steps,
+        resamples=resamples,
+    )

@@ -1,0 +1,148 @@
+"""Figures of a report: mean deletion/insertion curves (streamed sums) and metric distributions.
+
+Figures use the matplotlib ``Figure`` API (Agg), never pyplot. `curve_sums` reads the curve
+columns one part file at a time and keeps only per-method sums, so memory does not grow with n.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.figure import Figure
+
+from camscope.report.data import METRICS, Scalars, Summary
+from camscope.report.source import RunTable
+from camscope.report.text import label
+
+log = logging.getLogger("camscope")
+
+__all__ = ["CurveSums", "curve_sums", "plot_curves", "plot_distributions"]
+
+#: Up to this many images per method the distribution plot also shows every image as a point.
+POINTS_UP_TO = 200
+
+#: method -> kind ("deletion" | "insertion") -> (sum over images (S+1,), number of images)
+CurveSums = dict[str, dict[str, tuple[np.ndarray, int]]]
+
+
+def _rows(column: pa.ChunkedArray) -> dict[int, np.ndarray]:
+    """A list<float> column as {length: (rows, length) float64} of its non-null, finite rows."""
+    arr = column.combine_chunks()
+    if pa.types.is_null(arr.type) or len(arr) == 0:
+        return {}
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    out = {}
+    for length in np.unique(lengths[lengths > 0]):
+        sel = np.flatnonzero(lengths == length)
+        flat = pc.list_flatten(arr.take(pa.array(sel)))
+        rows = pc.fill_null(flat, np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+        rows = rows.reshape(len(sel), int(length))
+        out[int(length)] = rows[np.isfinite(rows).all(axis=1)]
+    return out
+
+
+def curve_sums(table: RunTable, methods: Sequence[str]) -> CurveSums:
+    """Per-method sums of the deletion/insertion curves, streamed over the table.
+
+    Curves of another length than the most common one (runs with other ``--steps`` merged)
+    are left out with a warning.
+    """
+    acc: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
+    kinds = ("deletion", "insertion")
+    for batch in table.batches(["status", "method", *(f"{k}_curve" for k in kinds)]):
+        ok = pc.fill_null(pc.equal(batch["status"], "ok"), False)
+        batch = batch.filter(ok)
+        method = np.array(batch["method"].to_pylist(), dtype=object)
+        for m in methods:
+            sub = batch.filter(pa.array(method == m))
+            for kind in kinds:
+                for length, rows in _rows(sub[f"{kind}_curve"]).items():
+                    s, c = acc.get((m, kind, length), (np.zeros(length), 0))
+                    acc[(m, kind, length)] = (s + rows.sum(axis=0), c + len(rows))
+    out: CurveSums = {}
+    for m in methods:
+        for kind in kinds:
+            found = {ln: v for (mm, k, ln), v in acc.items() if mm == m and k == kind}
+            if not found:
+                continue
+            length = max(found, key=lambda ln: found[ln][1])
+            if len(found) > 1:
+                log.warning("%s %s curves of several lengths; plotting the %d-point ones",
+                            m, kind, length)  # fmt: skip
+            out.setdefault(m, {})[kind] = found[length]
+    return out
+
+
+def plot_curves(sums: CurveSums) -> Figure:
+    """Mean deletion and insertion curves per method; legend: AUC of the mean curve and n.
+
+    The trapezoid AUC of the mean curve equals the mean of the per-image AUCs.
+    """
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    titles = ("Deletion (lower AUC is better)", "Insertion (higher AUC is better)")
+    for ax, kind, title in zip(axes, ("deletion", "insertion"), titles, strict=True):
+        for m, kinds in sums.items():
+            if kind not in kinds or kinds[kind][1] == 0:
+                continue
+            total, count = kinds[kind]
+            mean = total / count
+            area = float(((mean[:-1] + mean[1:]) / 2).sum() / (len(mean) - 1))
+            x = np.linspace(0.0, 1.0, len(mean))
+            ax.plot(x, mean, label=f"{label(m)} (AUC {area:.3f}, n={count:,})")
+        ax.set_title(title)
+        ax.set_xlabel(f"share of pixels {'deleted' if kind == 'deletion' else 'inserted'}")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("target-class probability (mean over images)")
+    return fig
+
+
+def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
+    """Per-metric distributions per method.
+
+    Average Drop, Deletion and Insertion AUC: box plots (quartiles, median, whiskers at 1.5
+    IQR), with every image as a jittered point up to `POINTS_UP_TO` images. Increase in
+    Confidence, a yes/no outcome per image: the % of images with its Wilson interval.
+    """
+    labels = [label(m) for m in s.methods]
+    fig = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(METRICS))
+    rng = np.random.default_rng(seed)
+    pos = np.arange(len(s.methods))
+    for ax, spec in zip(axes, METRICS, strict=True):
+        data = [s.values[m][spec.key] * spec.scale for m in s.methods]
+        data = [d[np.isfinite(d)] for d in data]
+        if spec.interval == "wilson":
+            ivs = [summary.intervals[m][spec.key] for m in s.methods]
+            means = np.array([iv.mean for iv in ivs]) * spec.scale
+            lo = np.array([iv.low for iv in ivs]) * spec.scale
+            hi = np.array([iv.high for iv in ivs]) * spec.scale
+            err = np.nan_to_num(np.vstack([means - lo, hi - means]))
+            ax.bar(pos, np.nan_to_num(means), yerr=err, capsize=4, color="#7aa6d6")
+            ax.set_ylim(0, 100)
+        else:
+            ax.boxplot([d if len(d) else [np.nan] for d in data], positions=pos, widths=0.5,
+                       showfliers=len(max(data, key=len)) > POINTS_UP_TO)  # fmt: skip
+            for k, d in enumerate(data):
+                if 0 < len(d) <= POINTS_UP_TO:
+                    ax.scatter(k + rng.uniform(-0.15, 0.15, len(d)), d, s=8, alpha=0.5, zorder=3)
+        ax.set_xticks(pos, labels, rotation=20)
+        ax.set_title(f"{spec.label}\n({spec.direction})", fontsize=10)
+        ax.set_ylabel(spec.label + (f" ({spec.unit})" if spec.unit else ""))
+        ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (Agg)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

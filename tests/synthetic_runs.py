@@ -1,0 +1,135 @@
+"""Synthetic run folders in the results-table schema of docs/CONTRACT.md (tests and benchmarks).
+
+`make_run` writes ``run.json``, ``results/part-*.parquet`` (one part per ``part_rows`` images),
+optionally ``sanity.parquet``, and a tiny PNG per image as its input file, so a report can be
+built without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+SCHEMA_BASE = [
+    ("key", pa.string()), ("name", pa.string()), ("file", pa.string()), ("status", pa.string()),
+    ("error", pa.string()), ("method", pa.string()), ("top1_index", pa.int32()),
+    ("target_index", pa.int32()), ("truth_index", pa.int32()), ("top1_name", pa.string()),
+    ("target_name", pa.string()), ("top1_prob", pa.float32()),
+    ("top5_index", pa.list_(pa.int32())), ("top5_prob", pa.list_(pa.float32())),
+    ("empty", pa.bool_()), ("seconds", pa.float32()), ("raw", pa.list_(pa.float32())),
+    ("raw_h", pa.int16()), ("raw_w", pa.int16()), ("share_above_half", pa.float32()),
+    ("base_prob", pa.float32()), ("explanation_prob", pa.float32()),
+    ("average_drop", pa.float32()), ("deletion_auc", pa.float32()),
+    ("insertion_auc", pa.float32()), ("increase", pa.bool_()),
+    ("deletion_curve", pa.list_(pa.float32())), ("insertion_curve", pa.list_(pa.float32())),
+]  # fmt: skip
+
+
+def schema(methods: list[str]) -> pa.Schema:
+    """The results-table schema for a run of ``methods``."""
+    agree = [(f"{k}__{m}", pa.float32()) for m in methods for k in ("pearson", "top20_iou")]
+    return pa.schema(SCHEMA_BASE + agree)
+
+
+def _image(folder: Path, i: int, rng: np.random.Generator) -> Path:
+    path = folder / f"img{i:05d}.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) -> list[dict]:
+    key = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    base = {
+        "key": key, "name": path.stem, "file": str(path), "status": "ok", "error": None,
+        "top1_index": int(i % 7), "target_index": int(i % 7), "truth_index": int(i % 5),
+        "top1_name": f"class {i % 7}", "target_name": f"class {i % 7}",
+        "top1_prob": float(rng.uniform(0.2, 0.9)), "top5_index": [int(i % 7), 1, 2, 3, 4],
+        "top5_prob": [0.5, 0.1, 0.1, 0.1, 0.1],
+    }  # fmt: skip
+    rows = []
+    for k, m in enumerate(methods):
+        is_empty = bool(empty.get(m, 0) > i)
+        raw = np.zeros((7, 7), np.float32) if is_empty else rng.random((7, 7), dtype=np.float32)
+        row = dict(base, method=m, empty=is_empty, seconds=0.01, raw=raw.ravel().tolist(),
+                   raw_h=7, raw_w=7, share_above_half=float(rng.uniform(0, 0.5)))  # fmt: skip
+        if metrics:
+            dele = float(np.clip(rng.normal(0.2 + shift * k, 0.05), 0, 1))
+            ins = float(np.clip(rng.normal(0.6 - shift * k, 0.05), 0, 1))
+            curve = np.linspace(1, 0, steps + 1) ** (1 + k)
+            row.update(
+                base_prob=0.5, explanation_prob=0.4,
+                average_drop=float(np.clip(rng.normal(0.3 + shift * k, 0.1), 0, 1)),
+                deletion_auc=dele, insertion_auc=ins, increase=bool(increase(i, k)),
+                deletion_curve=curve.tolist(), insertion_curve=curve[::-1].tolist(),
+            )  # fmt: skip
+        for other in methods:
+            if other != m:
+                row[f"pearson__{other}"] = float(rng.uniform(-0.2, 1.0))
+                row[f"top20_iou__{other}"] = float(rng.uniform(0, 1))
+        rows.append(row)
+    return rows
+
+
+def make_run(
+    folder: Path,
+    n: int,
+    methods: tuple[str, ...] = ("gradcam", "ablationcam", "scorecam"),
+    *,
+    start: int = 0,
+    metrics: bool = True,
+    steps: int = 8,
+    failures: int = 0,
+    empty: dict[str, int] | None = None,
+    shift: float = 0.05,
+    increase=lambda i, k: i % 3 != 0,
+    part_rows: int = 64,
+    sanity: dict[str, tuple[list[float], list[bool]]] | None = None,
+    images: Path | None = None,
+    seed: int = 0,
+) -> Path:
+    """A run folder with images ``start .. start + n - 1`` (the same i -> the same image).
+
+    empty: method -> the first k images get an empty map. failures: that many extra failed
+    inputs. sanity: method -> (final-step Spearman per image, empty randomised per image).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    images = images or folder.parent / "inputs"
+    images.mkdir(parents=True, exist_ok=True)
+    methods = list(methods)
+    rows = []
+    for i in range(start, start + n):
+        path = images / f"img{i:05d}.png"
+        if not path.exists():
+            _image(images, i, np.random.default_rng(i))
+        rng = np.random.default_rng([seed, i])  # the same image gets the same rows in any shard
+        rows += _rows_for(i, path, methods, rng, metrics=metrics, steps=steps,
+                          empty=empty or {}, shift=shift, increase=increase)  # fmt: skip
+    for j in range(failures):
+        rows.append({"key": f"{j:032x}", "name": f"broken{start + j}", "status": "failed",
+                     "file": str(images / f"broken{start + j}.jpg"),
+                     "error": "cannot identify image file"})  # fmt: skip
+    (folder / "results").mkdir(exist_ok=True)
+    sch = schema(methods)
+    per_part = part_rows * len(methods)
+    for p, lo in enumerate(range(0, len(rows), per_part)):
+        chunk = rows[lo : lo + per_part]
+        table = pa.Table.from_pylist(chunk, schema=sch)
+        pq.write_table(table, folder / "results" / f"part-{start:06d}-{p:06d}.parquet")
+    if sanity:
+        srows = []
+        for m, (rho, flags) in sanity.items():
+            for img, (r, e) in enumerate(zip(rho, flags, strict=True)):
+                for step, block in ((1, "fc"), (2, "layer4")):
+                    srows.append({"method": m, "step": step, "block": block, "image": img,
+                                  "spearman": r, "empty_randomised": e})  # fmt: skip
+        pq.write_table(pa.Table.from_pylist(srows), folder / "sanity.parquet")
+    run = {"state": "complete", "settings": {"model": "synthetic", "layer": "layer4",
+           "methods": methods, "steps": steps}, "settings_hash": "abc"}  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
