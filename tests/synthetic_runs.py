@@ -1,8 +1,8 @@
 """Synthetic run folders in the results-table schema of docs/CONTRACT.md (tests and benchmarks).
 
-`make_run` writes ``run.json``, ``results/part-*.parquet`` (one part per ``part_rows`` images),
-optionally ``sanity.parquet``, and a tiny PNG per image as its input file, so a report can be
-built without a model.
+`make_run` writes ``run.json``, ``results/part-*.parquet`` (one part per ``part_rows`` images,
+with the run's own writer `camscope.run.results.write_part`), optionally ``sanity.parquet``, and
+a tiny PNG per image as its input file, so a report can be built without a model.
 """
 
 from __future__ import annotations
@@ -13,28 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
-SCHEMA_BASE = [
-    ("key", pa.string()), ("name", pa.string()), ("file", pa.string()), ("status", pa.string()),
-    ("error", pa.string()), ("method", pa.string()), ("top1_index", pa.int32()),
-    ("target_index", pa.int32()), ("truth_index", pa.int32()), ("top1_name", pa.string()),
-    ("target_name", pa.string()), ("top1_prob", pa.float32()),
-    ("top5_index", pa.list_(pa.int32())), ("top5_prob", pa.list_(pa.float32())),
-    ("empty", pa.bool_()), ("seconds", pa.float32()), ("raw", pa.list_(pa.float32())),
-    ("raw_h", pa.int16()), ("raw_w", pa.int16()), ("share_above_half", pa.float32()),
-    ("base_prob", pa.float32()), ("explanation_prob", pa.float32()),
-    ("average_drop", pa.float32()), ("deletion_auc", pa.float32()),
-    ("insertion_auc", pa.float32()), ("increase", pa.bool_()),
-    ("deletion_curve", pa.list_(pa.float32())), ("insertion_curve", pa.list_(pa.float32())),
-]  # fmt: skip
+from camscope.run import results
 
 
 def schema(methods: list[str]) -> pa.Schema:
-    """The results-table schema for a run of ``methods``."""
-    agree = [(f"{k}__{m}", pa.float32()) for m in methods for k in ("pearson", "top20_iou")]
-    return pa.schema(SCHEMA_BASE + agree)
+    """The results-table schema for a run of ``methods`` (the run's own)."""
+    return results.table_schema(methods)
 
 
 def _image(folder: Path, i: int, rng: np.random.Generator) -> Path:
@@ -46,7 +32,8 @@ def _image(folder: Path, i: int, rng: np.random.Generator) -> Path:
 def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) -> list[dict]:
     key = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
     base = {
-        "key": key, "name": path.stem, "file": str(path), "status": "ok", "error": None,
+        "key": key, "name": path.stem, "file": str(path), "settings_hash": "abc",
+        "status": "ok", "error": None,
         "top1_index": int(i % 7), "target_index": int(i % 7), "truth_index": int(i % 5),
         "top1_name": f"class {i % 7}", "target_name": f"class {i % 7}",
         "top1_prob": float(rng.uniform(0.2, 0.9)), "top5_index": [int(i % 7), 1, 2, 3, 4],
@@ -112,23 +99,21 @@ def make_run(
                           empty=empty or {}, shift=shift, increase=increase)  # fmt: skip
     for j in range(failures):
         rows.append({"key": f"{j:032x}", "name": f"broken{start + j}", "status": "failed",
+                     "settings_hash": "abc",
                      "file": str(images / f"broken{start + j}.jpg"),
                      "error": "cannot identify image file"})  # fmt: skip
     (folder / "results").mkdir(exist_ok=True)
-    sch = schema(methods)
     per_part = part_rows * len(methods)
     for p, lo in enumerate(range(0, len(rows), per_part)):
-        chunk = rows[lo : lo + per_part]
-        table = pa.Table.from_pylist(chunk, schema=sch)
-        pq.write_table(table, folder / "results" / f"part-{start:06d}-{p:06d}.parquet")
+        results.write_part(folder, f"{start:06d}", p, rows[lo : lo + per_part], methods)
     if sanity:
         srows = []
         for m, (rho, flags) in sanity.items():
             for img, (r, e) in enumerate(zip(rho, flags, strict=True)):
                 for step, block in ((1, "fc"), (2, "layer4")):
-                    srows.append({"method": m, "step": step, "block": block, "image": img,
+                    srows.append({"method": m, "step": step, "block": block, "image": f"s{img}",
                                   "spearman": r, "empty_randomised": e})  # fmt: skip
-        pq.write_table(pa.Table.from_pylist(srows), folder / "sanity.parquet")
+        results.write_sanity(folder, srows)
     run = {"state": "complete", "settings": {"model": "synthetic", "layer": "layer4",
            "methods": methods, "steps": steps}, "settings_hash": "abc"}  # fmt: skip
     (folder / "run.json").write_text(json.dumps(run))

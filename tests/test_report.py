@@ -167,7 +167,7 @@ def test_shards_merge_into_the_report_of_one_folder(tmp_path):
     assert "30 explained" in merged["report.md"].read_text(encoding="utf-8")
 
 
-def test_duplicates_keep_the_last_written_row(tmp_path):
+def test_streamed_batches_are_the_rows_read(tmp_path):
     run = make_run(tmp_path / "run", 4, methods=("gradcam",), part_rows=4)
     # a later part re-writes image 0 (new AUC) and records a failure of image 1 that also has an
     # ok row: the later ok row wins, the failure is dropped
@@ -177,9 +177,16 @@ def test_duplicates_keep_the_last_written_row(tmp_path):
               "status": "failed", "file": first[1]["file"], "error": "x"}  # fmt: skip
     later = pa.Table.from_pylist([redo, failed], schema=schema(["gradcam"]))
     pq.write_table(later, run / "results" / "part-zzzz-000000.parquet")
-    table = RunTable([run]).read(["name", "status", "deletion_auc"]).to_pylist()
-    assert len(table) == 4 and all(r["status"] == "ok" for r in table)
-    assert [r["deletion_auc"] for r in table if r["name"] == first[0]["name"]] == [0.875]
+    other = make_run(tmp_path / "other", 3, methods=("gradcam",), start=10, part_rows=2)
+    source = RunTable([run, other], ["gradcam"])
+    cols = ["name", "status", "deletion_auc", "deletion_curve"]
+    table = source.read(cols)
+    assert table.num_rows == 7 and set(table.column("status").to_pylist()) == {"ok"}
+    rows = table.to_pylist()
+    assert [r["deletion_auc"] for r in rows if r["name"] == first[0]["name"]] == [0.875]
+    # streaming gives exactly the rows of read(), in the same order, one part at a time
+    streamed = pa.concat_tables(list(source.batches(cols)))
+    assert streamed.select([*cols, "run_dir"]).equals(table.select([*cols, "run_dir"]))
 
 
 def test_report_without_metrics(tmp_path):

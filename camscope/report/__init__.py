@@ -3,13 +3,12 @@
 `build_report` reads one or more run folders' results tables (docs/CONTRACT.md) and writes the
 report; memory and page size stay bounded whatever the number of images. Modules:
 
-- `camscope.report.source`: the one reader of the run folders (results table, sanity, run.json).
+- `camscope.report.source`: the report's access to run folders (through `camscope.run.results`).
 - `camscope.report.data`: per-image scalars, metric specs, intervals, rankings, sanity verdicts.
 - `camscope.report.text`: every sentence of the analysis, chosen by the numbers.
 - `camscope.report.plots`: mean curves (streamed sums) and distributions.
 - `camscope.report.gallery`: bounded gallery sections and their thumbnails.
 - `camscope.report.html` / `camscope.report.markdown`: the two renderings.
-- `camscope.report.legacy`: the report of `camscope.evaluate` (removed with it).
 
 Metrics (see `camscope.metrics`): Average Drop / Increase in Confidence (Chattopadhyay et al.,
 WACV 2018, https://arxiv.org/abs/1710.11063), Deletion / Insertion (Petsiuk et al., BMVC 2018,

@@ -180,7 +180,10 @@ def build_report(
             log.warning("%s", exc)
             runs.append({})
     preferred = [m for r in runs for m in _settings(r).get("methods", []) or []]
-    table = RunTable(dirs)
+    if not preferred:  # no readable run.json: the methods the table holds
+        found = RunTable(dirs, []).read(["method"]).column("method").to_pylist()
+        preferred = [m for m in dict.fromkeys(found) if m]
+    table = RunTable(dirs, preferred)
     s = load_scalars(table, preferred)
     summary = summarise(s, read_sanity(dirs), thresholds=thresholds, resamples=resamples)
     steps = next((_settings(r).get("steps") for r in runs if _settings(r).get("steps")), None)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "DERIVED_FILES",
     "RunFolderError",
     "done_keys",
+    "iter_table",
     "escape_path",
     "map_path",
     "metric_columns",
@@ -228,6 +229,38 @@ def read_table(
     if wanted is not None:
         table = table.select([c for c in [*wanted, "run_dir"] if c in table.column_names])
     return table
+
+
+def iter_table(
+    run_dirs: str | Path | Iterable[str | Path], columns: Sequence[str]
+) -> Iterator[Any]:
+    """The rows of `read_table` (same rows, same order), one part file at a time.
+
+    For columns too large to hold for every row at once (``raw``, the curves): only one part's
+    rows of ``columns`` are in memory. Each yielded table has the requested columns that part
+    has, plus ``run_dir``. (Added by the report helper; docs/CONTRACT.md.)
+
+    Raises:
+        RunFolderError: a part file that cannot be read (one line naming it).
+    """
+    import pyarrow as pa
+
+    ident_cols = ("key", "name", "method", "status")
+    wanted = [c for c in dict.fromkeys([*columns, *ident_cols]) if c != "run_dir"]
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    for run_dir in dirs:
+        parts = part_files(run_dir)
+        idents = [_read_part(path, ident_cols) for path in parts]
+        cols = {c: [v for t in idents for v in t.column(c).to_pylist()] for c in ident_cols}
+        keep = np.asarray(_keep_rows(*(cols[c] for c in ident_cols)), dtype=np.int64)
+        offset = 0
+        for path, ident in zip(parts, idents, strict=True):
+            lo, hi = np.searchsorted(keep, [offset, offset + len(ident)])
+            if hi > lo:
+                part = _read_part(path, wanted).take(pa.array(keep[lo:hi] - offset))
+                part = part.append_column("run_dir", pa.array([str(run_dir)] * len(part)))
+                yield part.select([c for c in [*wanted, "run_dir"] if c in part.column_names])
+            offset += len(ident)
 
 
 def metric_columns(table: Any) -> list[str]:
