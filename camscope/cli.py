@@ -145,13 +145,13 @@ def _summary(result: Any, quiet: bool) -> int:
     return EXIT_OK
 
 
-def _execute(config: Any, quiet: bool) -> int:
+def _execute(config: Any, quiet: bool, runner: Callable[..., Any] | None = None) -> int:
     from camscope.run import UsageError, run_local
 
     stop = threading.Event()
     with _reporting(quiet) as handler, _sigint(stop):
         try:
-            result = run_local(config, stop=stop, progress=_progress(handler, quiet))
+            result = (runner or run_local)(config, stop=stop, progress=_progress(handler, quiet))
         except UsageError as exc:
             return _usage(str(exc))
         except KeyboardInterrupt:
@@ -329,6 +329,41 @@ _run_options = [
     click.option("--quiet", "-q", is_flag=True, help="Errors and warnings only."),
 ]
 
+_ray_options = [
+    click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS]",
+        help="Run on Ray (pip install 'camscope[ray]'): alone or 'local' starts a private "
+        "cluster on 127.0.0.1; 'auto' or HOST:PORT joins a running one. The output folder "
+        "must be visible to every node.",
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="With --ray: explain actors, each loading the model once (default 1; one GPU "
+        "each on GPU clusters).",
+    ),
+]
+
+
+def _ray_runner(address: str | None, workers: int | None) -> Callable[..., Any] | None:
+    """The Ray driver for --ray/--workers (None: the in-process run); ValueError if misused."""
+    if address is None:
+        if workers is not None:
+            raise ValueError("--workers needs --ray")
+        return None
+    from camscope.run.ray_runner import RayOptions, parse_address, run_ray
+
+    options = RayOptions(address=parse_address(address), workers=1 if workers is None else workers)
+    if options.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {options.workers}")
+    return lambda config, **kw: run_ray(config, options, **kw)
+
 
 def _add_options(func):  # type: ignore[no-untyped-def]
     for option in reversed([*_run_options, *_METHOD_FLAGS]):
@@ -345,16 +380,24 @@ def main() -> None:
 @main.command()
 @click.argument("inputs", nargs=-1)
 @_add_options
+@_ray_options[0]
+@_ray_options[1]
 def run(
     inputs: tuple[str, ...],
     methods: str,
     quiet: bool,
     shard: str | None,
+    ray_address: str | None,
+    workers: int | None,
     **kwargs: Any,
 ) -> None:
     """Explain INPUTS (image files, folders searched recursively, or globs)."""
     from camscope.run import RunConfig
 
+    try:
+        runner = _ray_runner(ray_address, workers)
+    except ValueError as exc:
+        sys.exit(_usage(str(exc)))
     given = {_METHOD_KEYS[k]: kwargs.pop(k) for k in _METHOD_KEYS}
     config = RunConfig(
         inputs=tuple(inputs),
@@ -365,7 +408,7 @@ def run(
         argv=tuple(sys.argv),
         **kwargs,
     )
-    sys.exit(_execute(config, quiet))
+    sys.exit(_execute(config, quiet, runner))
 
 
 @main.command()

@@ -34,12 +34,18 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from camscope.io import LoadedImage, to_tensor
+from camscope.run import BatchExplainer, RunWriter, WorkItem, prepare
 
 log = logging.getLogger("camscope")
 
@@ -131,17 +137,22 @@ class ActorResources:
     device: str
 
 
-def actor_resources(info: ClusterInfo, workers: int, threads: int | None = None) -> ActorResources:
+def actor_resources(
+    info: ClusterInfo, workers: int, threads: int | None = None, device: str = "auto"
+) -> ActorResources:
     """Share the cluster between ``workers`` explain actors.
 
-    GPU clusters get one GPU per actor (and one CPU). CPU clusters split their logical CPUs
+    GPU clusters get one GPU per actor (and one CPU) unless ``device`` is ``cpu``; ``cuda``
+    on a cluster without GPUs is a ValueError. CPU clusters split their logical CPUs
     equally after :data:`DECODE_CPUS` for the decode stage; no actor asks for more than the
     largest node has (it could never be placed). Torch threads are the whole CPUs of that
     share (at least 1).
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    if info.gpus >= 1:
+    if device.startswith("cuda") and info.gpus < 1:
+        raise ValueError(f"--device {device}: the Ray cluster has no GPU")
+    if info.gpus >= 1 and device != "cpu":
         if workers > info.gpus:
             raise ValueError(f"--workers {workers}: the cluster has {info.gpus:g} GPU(s)")
         return ActorResources(num_cpus=1.0, num_gpus=1.0, threads=1, device="cuda")
@@ -217,8 +228,12 @@ def ray_cluster(options: RayOptions) -> Iterator[ClusterInfo]:
     node address) and has no dashboard. Its workers import camscope from the same place as the
     driver.
 
+    When this process is already connected to Ray (``ray.init`` called by a library user),
+    that connection is used and left open.
+
     Raises:
-        RayUnavailableError: ray missing, already initialised in this process, or unreachable.
+        RayUnavailableError: ray missing, too old for a loopback-only local cluster, or
+            unreachable.
     """
     ray = _import_ray()
     if options.local and _version(ray.__version__) < MIN_LOCAL_RAY:
@@ -226,8 +241,12 @@ def ray_cluster(options: RayOptions) -> Iterator[ClusterInfo]:
             f"ray {ray.__version__} may listen beyond loopback; a local cluster needs ray >= "
             f'{".".join(map(str, MIN_LOCAL_RAY))} (pip install "camscope[ray]")'
         )
-    if ray.is_initialized():
-        raise RayUnavailableError("ray is already initialised in this process")
+    if ray.is_initialized():  # a library caller connected already: use it, leave it open
+        info = _cluster_info(ray, local=False)
+        log.info("ray: using this process's Ray connection (node %s)", info.node_ip)
+        _quiet_ray_data()
+        yield info
+        return
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if options.local:
         cpus = options.cpus or os.cpu_count() or 1
@@ -293,3 +312,364 @@ def decode_row(row: dict[str, Any], *, size: tuple[int, int], max_pixels: int | 
     except MemoryError:
         rgb, error = np.zeros((*size, 3), np.uint8), "not enough memory to decode"
     return {**row, "rgb": rgb, "error": error}
+
+
+def decode_batch(row: dict[str, Any], *, size: tuple[int, int], max_pixels: int | None) -> dict:
+    """Decode one planned batch (a dataset row holds ``paths``, ``names``, ``keys``).
+
+    Adds ``rgb`` (n, H, W, 3) uint8 and ``errors`` (one-line cause or ``""`` per image).
+    A batch, not an image, is the unit so that the actors explain exactly the batches the
+    local run would: per-image results then match it bit for bit where no input failed.
+    """
+    decoded = [decode_row({"path": p}, size=size, max_pixels=max_pixels) for p in row["paths"]]
+    return {
+        **row,
+        "rgb": np.stack([d["rgb"] for d in decoded]),
+        "errors": [d["error"] for d in decoded],
+    }
+
+
+def plan_rows(items: Sequence[Any], batch_size: int) -> list[dict[str, Any]]:
+    """The dataset rows of a plan: consecutive chunks of ``batch_size`` work items."""
+    return [
+        {
+            "paths": [os.fsencode(it.path) for it in chunk],
+            "names": [it.name for it in chunk],
+            "keys": [it.key for it in chunk],
+        }
+        for chunk in (items[i : i + batch_size] for i in range(0, len(items), batch_size))
+    ]
+
+
+class _Collect(logging.Handler):
+    """Keeps an actor's camscope log lines so that the driver says them (once), not Ray."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.ERROR:  # errors come back as per-input status rows
+            self.lines.append(" ".join(record.getMessage().split()))
+
+
+class ExplainActor:
+    """One explain worker: prepares the run once (model loaded once), then per planned batch
+    explains the decoded images and writes their files and one results part file.
+
+    Returns one status row per input (``status``, ``error``) plus the warnings it logged, so
+    the driver reports every failure as one line and every substitution once.
+    """
+
+    def __init__(self, config: Any, settings_hash: str, threads: int, prefix: str) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.log = _Collect()
+        logger = logging.getLogger("camscope")
+        logger.addHandler(self.log)
+        logger.propagate = False
+        self.ctx = prepare(config, check_folder=False)
+        if self.ctx.settings_hash != settings_hash:
+            raise RuntimeError(
+                f"{_safe_host()}: settings differ from the driver's ({self.ctx.settings_hash} != "
+                f"{settings_hash}): install the same camscope, torch, timm and weights everywhere"
+            )
+        self.explainer = BatchExplainer(self.ctx)
+        part = f"{prefix}-{_safe_host()}-{os.getpid():x}"
+        self.writer = _Writer(self.ctx, part_prefix=part, grid=False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, list[Any]] = {"path": [], "status": [], "error": [], "notes": []}
+        for paths, names, keys, rgbs, errors in zip(*_columns(batch), strict=True):
+            items = [
+                WorkItem(Path(os.fsdecode(bytes(p))), str(n), str(k))
+                for p, n, k in zip(paths, names, keys, strict=True)
+            ]
+            failed: dict[str, str] = {}
+            good, decoded = [], []
+            mean, std = self.ctx.loaded.mean, self.ctx.loaded.std
+            for item, rgb, error in zip(items, rgbs, errors, strict=True):
+                if error:
+                    self.writer.fail(item, str(error))
+                else:
+                    good.append(item)
+                    decoded.append(LoadedImage(item.path, rgb, to_tensor(rgb, mean, std), None))
+            if good:
+                result = self.explainer(good, decoded)
+                failed |= {r["name"]: _cause(r) for r in result.rows if r["status"] != "ok"}
+                self.writer.write(result)
+            self.writer.close()  # flush this batch's part file now
+            failed |= self.writer.failed
+            self.writer.failed = {}
+            for item in items:
+                out["path"].append(os.fsencode(item.path))
+                out["status"].append("failed" if item.name in failed else "ok")
+                out["error"].append(failed.get(item.name, ""))
+                out["notes"].append("\n".join(self.log.lines))
+                self.log.lines.clear()
+        return {k: np.array(v, dtype=object) for k, v in out.items()}
+
+
+def _columns(batch: dict[str, np.ndarray]) -> tuple[Any, ...]:
+    return tuple(batch[c] for c in ("paths", "names", "keys", "rgb", "errors"))
+
+
+def _cause(row: dict[str, Any]) -> str:
+    method = row.get("method")
+    return f"[{method}] {row['error']}" if method else str(row["error"])
+
+
+class _Writer(RunWriter):
+    """`RunWriter` that also remembers which inputs it recorded as failed (name -> cause)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: dict[str, str] = {}
+
+    def fail(self, item: WorkItem, cause: str, method: str | None = None) -> None:
+        self.failed[item.name] = f"[{method}] {cause}" if method else cause
+        super().fail(item, cause, method)
+
+
+def _safe_host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "host"
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+
+def _dataset(ray: Any, rows: list[dict], ctx: Any, res: ActorResources, workers: int) -> Any:
+    """planned batches -> decode tasks -> explain actors; lazy until the driver iterates."""
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = False
+    data.execution_options.preserve_order = False
+    config = replace(
+        ctx.config, device=res.device if ctx.config.device == "auto" else ctx.config.device
+    )
+    prefix = f"{time.strftime('%Y%m%dT%H%M%S')}-ray"
+    actor = _bound_actor(config, ctx.settings_hash, res.threads, prefix)
+    size = tuple(int(v) for v in ctx.loaded.input_size)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+    ds = ds.map(
+        decode_batch,
+        fn_kwargs={"size": size, "max_pixels": ctx.config.max_pixels},
+        num_cpus=DECODE_CPUS,
+    )
+    return ds.map_batches(
+        actor,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+    )
+
+
+def _bound_actor(config: Any, settings_hash: str, threads: int, prefix: str) -> type:
+    """`ExplainActor` with its arguments bound into a class that Ray ships by value."""
+
+    class BoundExplainActor(ExplainActor):
+        def __init__(self) -> None:
+            super().__init__(config, settings_hash, threads, prefix)
+
+    return BoundExplainActor
+
+
+@dataclass
+class _Tally:
+    total: int
+    ok: int = 0
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _drive(
+    ds: Any,
+    tally: _Tally,
+    stop: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> str:
+    """Stream the status rows back: one log line per failed input, each warning once."""
+    start = last = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for path, status, error, notes in zip(
+            *(batch[c] for c in ("path", "status", "error", "notes")), strict=True
+        ):
+            if status == "ok":
+                tally.ok += 1
+            else:
+                tally.failed += 1
+                log.error("%s", f"{_escaped(path)}: {error}")
+            for line in filter(None, str(notes).split("\n")):
+                if line not in tally.notes:
+                    tally.notes.append(line)
+                    log.warning("%s", line)
+        done = tally.ok + tally.failed
+        if progress is not None:
+            progress(done, tally.total)
+        elif time.perf_counter() - last > 60:
+            last = time.perf_counter()
+            log.info("explain: %d of %d image(s) (%.0f s)", done, tally.total, last - start)
+        if stop is not None and stop.is_set():
+            return "interrupted"
+    return "complete"
+
+
+def _escaped(path: Any) -> str:
+    from camscope.run.results import escape_path
+
+    return escape_path(os.fsdecode(bytes(path)))
+
+
+def run_ray(
+    config: Any,
+    options: RayOptions,
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Run ``config`` (a `camscope.run.RunConfig`) on Ray: same folder and rows as `run_local`.
+
+    The driver checks the settings (the model is loaded once on its CPU), connects to the
+    cluster and sizes the actors, then opens and plans the run (collect, shard, resume),
+    streams the planned batches through the decode tasks and the explain actors, and
+    finalizes the folder. ``stop`` set (first Ctrl-C): the batches in flight are dropped,
+    finished part files stay, run.json says interrupted.
+
+    Raises:
+        camscope.run.UsageError: bad options, Ray missing or unreachable, actors that do not
+            fit the cluster; nothing has been written then.
+    """
+    from camscope.run import UsageError
+
+    ctx = prepare(replace(config, device="cpu"))
+    ctx.config = config
+    try:
+        with ray_cluster(options) as info:
+            res = actor_resources(info, options.workers, options.threads, config.device)
+            return _run(ctx, options, info, res, stop, progress)
+    except (RayUnavailableError, ValueError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(str(exc)) from exc
+
+
+def _run(
+    ctx: Any,
+    options: RayOptions,
+    info: ClusterInfo,
+    res: ActorResources,
+    stop: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> Any:
+    """open -> plan -> (decode -> explain -> write on the actors) -> finalize."""
+    import ray
+
+    from camscope.run import finalize, open_run, plan, results
+    from camscope.run.local import RunResult
+
+    t0 = time.perf_counter()
+    record = open_run(ctx)
+    resumed = record["resumed"]
+    done = results.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods) if resumed else set()
+    todo = plan(ctx.config, done)
+    n_in = todo.n_total + len(todo.failures)
+    log.info("collect: %d input(s), %d to explain (%.1f s)", n_in, len(todo.items),
+             time.perf_counter() - t0)  # fmt: skip
+    if resumed:
+        log.info("resuming: %s of %s done", f"{todo.n_done:,}", f"{todo.n_total:,}")
+    _record_cluster(record, options, info, res)
+    writer = RunWriter(ctx, grid=False)
+    for item in todo.failures:
+        writer.fail(item, item.error or "failed")
+    writer.close()
+    tally, state, problems, t1 = _Tally(len(todo.items)), "failed", [], time.perf_counter()
+    try:
+        rows = plan_rows(todo.items, ctx.config.batch_size)
+        ds = _dataset(ray, rows, ctx, res, options.workers) if rows else None
+        state = _drive(ds, tally, stop, progress) if ds is not None else "complete"
+    except ray.exceptions.RayError as exc:
+        if stop is not None and stop.is_set():  # Ctrl-C in a terminal reaches Ray's workers too
+            state = "interrupted"
+        else:
+            problems.append(f"ray: {_first_line(exc)}")
+            log.error("%s", problems[-1])
+    except KeyboardInterrupt:
+        state = "interrupted"
+        raise
+    finally:
+        seconds = {"explain": round(time.perf_counter() - t1, 2)}
+        log.info("explain: %d image(s) (%.1f s)", tally.ok, seconds["explain"])
+        if state != "failed":
+            problems += write_grid(ctx, todo.items)
+        failed = tally.failed + len(todo.failures)
+        counts = {"inputs": n_in, "done_before": todo.n_done, "explained": tally.ok,
+                  "failed": failed}  # fmt: skip
+        notes = list(dict.fromkeys([*record["notes"], *tally.notes]))
+        record.update(seconds=seconds, counts=counts, notes=notes,
+                      problems=[*record.get("problems", []), *problems])  # fmt: skip
+        final = finalize(ctx, record, state=state, stop=stop)
+    return RunResult(ctx.out_dir, state, todo.n_total, todo.n_done, tally.ok, failed,
+                     problems + final.problems, seconds, notes, final.files)  # fmt: skip
+
+
+_GRID_COLUMNS = ("top1_name", "top1_prob", "target_index", "target_name", "top1_index", "empty",
+                 "raw", "raw_h", "raw_w")  # fmt: skip
+
+
+def write_grid(ctx: Any, items: Sequence[WorkItem]) -> list[str]:
+    """The comparison grid of the first explained ``items``, as the local run draws it.
+
+    The actors do not draw it (it spans their batches); the driver rebuilds each map from the
+    results table's feature-resolution map (`normalise_maps`, as the explainer made it) and
+    decodes the images again. Returns the problems (one line each).
+    """
+    import torch
+
+    from camscope.io import InputError, load_image, resize_rgb
+    from camscope.methods import normalise_maps
+    from camscope.run import BatchOutput, results
+    from camscope.run.writer import GRID_IMAGES
+
+    table = results.read_table([ctx.out_dir], columns=_GRID_COLUMNS).to_pylist()
+    rows = {(r["key"], r["name"], r["method"]): r for r in table if r["status"] == "ok"}
+    size = tuple(int(v) for v in ctx.loaded.input_size)
+    writer = RunWriter(ctx, grid=True)
+    for item in items:
+        if writer.n_grid >= GRID_IMAGES:
+            break
+        mine = [rows.get((item.key, item.name, m)) for m in ctx.methods]
+        if None in mine:
+            continue
+        try:
+            rgb = resize_rgb(load_image(item.path, max_pixels=ctx.config.max_pixels), size)
+        except InputError:
+            continue
+        maps = {}
+        for method, row in zip(ctx.methods, mine, strict=True):
+            raw = torch.tensor(row["raw"]).view(1, row["raw_h"], row["raw_w"])
+            maps[method] = normalise_maps(raw, size)[0].numpy()
+        writer._grid(BatchOutput([item], mine, maps, [rgb]), 0)
+    writer.close()
+    return writer.problems
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause of a Ray error in one line (Ray wraps the remote traceback around it)."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def _record_cluster(record: dict, options: RayOptions, info: ClusterInfo,
+                    res: ActorResources) -> None:  # fmt: skip
+    log.info("ray: %d node(s), %g CPU, %g GPU; %d worker(s) of %g CPU, %g GPU, %d thread(s)",
+             info.nodes, info.cpus, info.gpus, options.workers, res.num_cpus, res.num_gpus,
+             res.threads)  # fmt: skip
+    record.update(device=res.device, threads=res.threads, engine="ray")
+    record["ray"] = {"address": options.address or "local", "nodes": info.nodes,
+                     "cpus": info.cpus, "gpus": info.gpus, "workers": options.workers,
+                     "actor": vars(res)}  # fmt: skip
