@@ -1,0 +1,424 @@
+"""`BaseCAM`: everything a CAM method shares, so that a method is only its weights.
+
+The base takes the target layer's output, reads it as a map ``A`` (N, C, h, w) through
+`camscope.methods.reshape`, resolves the targets, asks the method for weights ``w`` and forms
+
+    L = ReLU(sum_k w_k * A_k)          w: (N, C) per channel, or (N, C, h, w) element-wise
+
+(with ``eigen_smooth``: L = ReLU(first principal component of the (N, C, h, w) products), as
+pytorch-grad-cam). ``L`` is upsampled bilinearly (half-pixel centres) to the input size and
+min-max normalised to [0, 1]; a map with no spatial variation stays all zero, is never NaN, and
+is flagged ``empty``. Several layers: each layer's map is normalised, the maps are averaged and
+normalised again (pytorch-grad-cam, torch-cam). ``aug_smooth`` averages the maps of the image
+flipped horizontally or not, times 0.9, 1 and 1.1 (pytorch-grad-cam's test-time augmentation).
+
+The layers before the target layer run once, without autograd; what the methods re-evaluate
+(gradients, ablations) runs through the network *after* the layer only (`camscope.split`).
+Hooks never outlive a call. Everything stays a torch tensor on the input's device.
+
+Example::
+
+    >>> import torch, torchvision
+    >>> from camscope.methods import GradCAM, ClassifierOutputTarget
+    >>> model = torchvision.models.resnet18().eval()
+    >>> cam = GradCAM(model, target_layers=[model.layer4[-1]])
+    >>> cam(input_tensor=torch.randn(1, 3, 64, 64), targets=[ClassifierOutputTarget(281)]).shape
+    torch.Size([1, 64, 64])
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camscope.methods.reshape import SpatialView, spatial_view
+from camscope.methods.targets import Targets, TargetSet, output_adapter, resolve_targets
+from camscope.models import LayerError, resolve_layer
+from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
+
+__all__ = ["BaseCAM", "CAMContext", "CAMResult", "first_component", "normalise_maps"]
+
+log = logging.getLogger("camscope")
+
+Layers = str | nn.Module | Sequence[str | nn.Module] | None
+
+CPU_CHUNK_BYTES = 1 << 30
+AUGMENTATIONS = ((False, 0.9), (False, 1.0), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
+
+
+@dataclass
+class CAMResult:
+    """The output of `BaseCAM.explain` for a batch of N images.
+
+    Attributes:
+        maps: (N, H, W) float32 in [0, 1] at the input size.
+        raw: (N, h, w) float32, the first layer's ``ReLU(sum_k w_k A_k)`` at its resolution.
+        weights: (N, C) or (N, C, h, w) float32 weights of the first layer.
+        targets: (N,) int64 target classes (-1 for a callable target without ``category``).
+        logits: (N, ...) float32 model outputs of the unmodified inputs.
+        empty: (N,) bool, True where the map has no spatial variation (all zero).
+        info: method-specific counters (e.g. channels run through the model).
+    """
+
+    maps: torch.Tensor
+    raw: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    empty: torch.Tensor
+    info: dict[str, float] = field(default_factory=dict)
+
+
+def normalise_maps(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upsample (N, h, w) maps bilinearly to ``size`` and min-max normalise each to [0, 1].
+
+    Returns ``(maps, empty)``. A map that is flat at the layer's resolution (all zero after
+    the ReLU, typically) becomes all zeros and is flagged: flatness is decided on ``raw``, where
+    it is exact, since bilinear weights can add one-ulp ripples to a constant map.
+    """
+    flat_raw = raw.flatten(1)
+    empty = flat_raw.amax(dim=1) <= flat_raw.amin(dim=1)
+    up = F.interpolate(raw[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    maps, flat = _minmax(up)
+    return torch.where(empty[:, None, None], 0.0, maps), empty | flat
+
+
+def _minmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-map min-max to [0, 1] of (N, H, W); flat maps -> 0 and flagged."""
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - low
+    keep = span > 0
+    out = torch.where(keep, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+    return out, ~keep.flatten()
+
+
+def first_component(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N, h, w): projection on the first principal component over channels.
+
+    As pytorch-grad-cam's ``get_2d_projection``: the h*w positions are samples of C features,
+    centred, and projected on the first right singular vector. The sign of a singular vector
+    is arbitrary; camscope fixes it so that the projection correlates positively (Pearson)
+    with the channel mean of ``x`` (pytorch-grad-cam keeps the solver's sign).
+    """
+    flat = torch.nan_to_num(x.double()).flatten(2).transpose(1, 2)  # (N, hw, C)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    projection = (flat @ vh[:, 0, :, None])[..., 0]  # (N, hw)
+    reference = x.double().mean(dim=1).flatten(1)
+    reference = reference - reference.mean(dim=1, keepdim=True)
+    sign = torch.where((projection * reference).sum(dim=1) < 0, -1.0, 1.0).to(projection)
+    return (projection * sign[:, None]).reshape(x.shape[0], *x.shape[2:])
+
+
+def default_chunk(device: torch.device, bytes_per_item: int) -> int:
+    """How many items (masked images, ablated activations) to push through at once.
+
+    On CUDA the chunk takes 40% of the currently free device memory; on the CPU it takes
+    `CPU_CHUNK_BYTES` (1 GiB), where throughput has long saturated.
+    """
+    budget = CPU_CHUNK_BYTES
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = int(0.4 * free)
+    return max(1, budget // max(bytes_per_item, 1))
+
+
+@dataclass
+class CAMContext:
+    """What a method's `BaseCAM.weights` sees for one layer and one batch.
+
+    Attributes:
+        inputs: (N, 3, H, W) the (detached) inputs.
+        layer: canonical name of the layer (None for model-agnostic methods).
+        output: the layer's output in its own layout (detached).
+        activations: ``output`` as a map (N, C, h, w).
+        cache: what the network after the layer reads besides the layer's output.
+        logits: (N, ...) model outputs of the inputs (float32, through the output adapter).
+        targets: the resolved targets.
+        runner: re-runs the network after the layer (`camscope.split`).
+        view: the layer's `SpatialView`.
+        info: counters the method may add to (reported in `CAMResult.info`).
+    """
+
+    inputs: torch.Tensor
+    layer: str | None
+    output: torch.Tensor | None
+    activations: torch.Tensor | None
+    cache: tuple[torch.Tensor, ...]
+    logits: torch.Tensor
+    targets: TargetSet
+    runner: FeatureRunner | None
+    view: SpatialView | None
+    info: dict[str, float] = field(default_factory=dict)
+    grads: torch.Tensor | None = None
+
+
+class BaseCAM:
+    """Shared machinery: layers, split runner, views, targets, combination, smoothing, cleanup.
+
+    Subclasses implement `weights` (and, for methods that are not a weighted sum of a layer's
+    channels, `layer_map`).
+
+    Args:
+        model: a classifier in eval mode mapping (N, 3, H, W) to its outputs.
+        target_layers: a layer path (``"layer4[-1]"``), a module, or a list of them.
+        reshape_transform: callable from the layer's output to (N, C, h, w) (pytorch-grad-cam's
+            argument), for layers whose output is not a channels-first map.
+        output: which part of the model's output the targets read (`output_adapter`).
+    """
+
+    name = "base"
+    uses_split = True  # re-runs the network after the layer (gradients, ablations)
+    needs_layer = True
+    always_eigen = False  # the map is always the first principal component (EigenCAM)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Layers = None,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        output: str | int | Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.layers: list[str] = []
+        self.modules: list[nn.Module] = []
+        for spec in _as_list(target_layers):
+            name, module = resolve_layer(model, spec)
+            self.layers.append(name)
+            self.modules.append(module)
+        if self.needs_layer and not self.layers:
+            raise LayerError(f"{type(self).__name__} needs at least one target layer")
+        self.layer = self.layers[0] if self.layers else None
+        self.module = self.modules[0] if self.modules else None
+        self.reshape_transform = reshape_transform
+        self.adapt = output_adapter(output)
+        if model.training:
+            warnings.warn(
+                "the model is in training mode; CAMs are meant for eval mode (model.eval())",
+                stacklevel=2,
+            )
+        self._runners: list[FeatureRunner | None] = [None] * len(self.layers)
+        self.notes: list[str] = []
+
+    # -- context manager / cleanup -----------------------------------------------------------
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the split graphs. Hooks never outlive a call, so there is nothing else."""
+        self._runners = [None] * len(self.layers)
+
+    # -- runners -----------------------------------------------------------------------------
+    @property
+    def _runner(self) -> FeatureRunner | None:
+        return self._runners[0] if self._runners else None
+
+    @_runner.setter
+    def _runner(self, runner: FeatureRunner | None) -> None:
+        self._runners[0] = runner
+
+    @property
+    def runner(self) -> FeatureRunner:
+        """The first layer's runner."""
+        return self.runner_for(0)
+
+    def runner_for(self, index: int) -> FeatureRunner:
+        """The feature/classify runner of layer ``index``, built on first use."""
+        runner = self._runners[index]
+        if runner is None:
+            layer, module = self.layers[index], self.modules[index]
+            if self.uses_split:
+                runner = split_model(self.model, layer, module)
+                if not runner.exact_split:
+                    self.notes.append(runner.note)
+            else:
+                runner = HookRunner(self.model, layer, module, "not needed")
+                runner.note = "hook on the target layer"
+            self._runners[index] = runner
+        return runner
+
+    def _features(self, index: int, inputs: torch.Tensor):
+        try:
+            return self.runner_for(index).features(inputs)
+        except SplitError as exc:
+            runner = HookRunner(self.model, self.layers[index], self.modules[index], str(exc))
+            self._runners[index] = runner
+            log.warning(runner.note)
+            self.notes.append(runner.note)
+            return runner.features(inputs)
+
+    # -- public API --------------------------------------------------------------------------
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Targets = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> torch.Tensor:
+        """Maps (N, H, W) in [0, 1] for a batch of normalised images (N, 3, H, W)."""
+        return self.explain(input_tensor, targets, aug_smooth, eigen_smooth).maps
+
+    def explain(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Targets = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> CAMResult:
+        """Compute the maps and everything behind them for a batch.
+
+        Args:
+            input_tensor: (N, 3, H, W) float tensor, normalised as the model expects.
+            targets: None (each image's top-1 class), a class index for all images, one index
+                per image (sequence or (N,) tensor), or callables ``target(output_row) ->
+                scalar`` (one per image, or one for all); a length mismatch is an error.
+            aug_smooth: average over horizontal flips x {0.9, 1, 1.1} scalings of the input
+                (targets are resolved on the unmodified input and kept for every copy;
+                pytorch-grad-cam re-picks the top-1 class of each copy when targets is None).
+            eigen_smooth: the map is the first principal component of the weighted
+                activations instead of their sum (pytorch-grad-cam's meaning).
+        """
+        inputs = _checked_inputs(input_tensor)
+        result, target_set = self._explain_once(inputs, targets, eigen_smooth)
+        if not aug_smooth:
+            return result
+        total = torch.zeros_like(result.maps)
+        for flip, factor in AUGMENTATIONS:
+            if not flip and factor == 1.0:
+                total += result.maps
+                continue
+            x = (inputs.flip(-1) if flip else inputs) * factor
+            maps = self._explain_once(x, target_set, eigen_smooth)[0].maps
+            total += maps.flip(-1) if flip else maps
+        maps = total / len(AUGMENTATIONS)
+        flat = maps.flatten(1)
+        result.empty = flat.amax(dim=1) <= flat.amin(dim=1)
+        result.maps = torch.where(result.empty[:, None, None], 0.0, maps)
+        result.info["augmentations"] = float(len(AUGMENTATIONS))
+        return result
+
+    def _explain_once(
+        self, inputs: torch.Tensor, targets: Targets | TargetSet, eigen_smooth: bool
+    ) -> tuple[CAMResult, TargetSet]:
+        size = tuple(inputs.shape[-2:])
+        per_layer = []
+        for index in range(max(1, len(self.layers))):
+            ctx = self.context(inputs, index if self.layers else None, targets)
+            targets = ctx.targets
+            raw, weights = self.layer_map(ctx, eigen_smooth or self.always_eigen)
+            per_layer.append((raw.float(), weights, ctx))
+        raw, weights, ctx = per_layer[0]
+        maps, empty = normalise_maps(raw, size)  # type: ignore[arg-type]
+        if len(per_layer) > 1:
+            fused = torch.stack([normalise_maps(r, size)[0] for r, _, _ in per_layer]).mean(0)  # type: ignore[arg-type]
+            maps, empty = _minmax(fused)
+        info = {k: v for _, _, c in per_layer for k, v in c.info.items()}
+        result = CAMResult(maps, raw, weights.float(), ctx.targets.indices, ctx.logits, empty, info)
+        return result, ctx.targets
+
+    # -- the pieces a method uses --------------------------------------------------------------
+    def context(
+        self, inputs: torch.Tensor, index: int | None, targets: Targets | TargetSet
+    ) -> CAMContext:
+        """Run the network once on ``inputs`` for layer ``index`` (None: no layer)."""
+        if index is None:
+            with torch.no_grad():
+                logits = self.adapt(self.model(inputs)).float()
+            target_set = resolve_targets(targets, logits)
+            return CAMContext(inputs, None, None, None, (), logits, target_set, None, None)
+        with torch.no_grad():
+            output, cache = self._features(index, inputs)
+            view = self._view(index, output)
+            activations = view.to_map(output)
+            logits = self.adapt(self.runner_for(index).classify(output, cache)).float()
+        target_set = resolve_targets(targets, logits)
+        runner = self.runner_for(index)
+        layer = self.layers[index]
+        return CAMContext(
+            inputs, layer, output, activations, cache, logits, target_set, runner, view
+        )
+
+    def _view(self, index: int, output: torch.Tensor) -> SpatialView:
+        try:
+            return spatial_view(output, self.reshape_transform)
+        except LayerError as exc:
+            raise LayerError(f"layer {self.layers[index]} {exc}") from None
+
+    def gradients(self, ctx: CAMContext) -> torch.Tensor:
+        """d(sum of the target scores)/dA as a map (N, C, h, w): the one gradient helper.
+
+        Backward runs through the network after the layer only; computed once per context.
+        """
+        if ctx.grads is None:
+            assert ctx.output is not None and ctx.runner is not None and ctx.view is not None
+            leaf = ctx.output.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = self.adapt(ctx.runner.classify(leaf, ctx.cache))
+                score = ctx.targets.scores(out).sum()
+                (grads,) = torch.autograd.grad(score, leaf)
+            ctx.grads = ctx.view.to_map(grads)
+        return ctx.grads
+
+    def classify_maps(self, ctx: CAMContext, maps: torch.Tensor, image: int) -> torch.Tensor:
+        """Target scores (B,) of image ``image`` with its map replaced by each of ``maps``."""
+        assert ctx.output is not None and ctx.runner is not None and ctx.view is not None
+        layer_out = ctx.view.from_map(maps, ctx.output[image : image + 1])
+        out = ctx.runner.classify(layer_out, ctx.runner.expand_cache(ctx.cache, image, len(maps)))
+        return ctx.targets.rows(self.adapt(out), image).float()
+
+    def layer_map(self, ctx: CAMContext, eigen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw map (N, h, w) of one layer and the weights behind it."""
+        weights = self.weights(ctx)
+        acts = ctx.activations
+        assert acts is not None
+        with torch.no_grad():
+            if eigen:
+                w = weights[:, :, None, None] if weights.dim() == 2 else weights
+                raw = first_component(w.double() * acts.double())
+            elif weights.dim() == 2:
+                # float64 sum: the weighted channels often cancel, float32 rounding would show
+                raw = torch.einsum("nc,nchw->nhw", weights.double(), acts.double())
+            else:
+                raw = (weights.double() * acts.double()).sum(dim=1)
+        return F.relu(raw), weights
+
+    def weights(self, ctx: CAMContext) -> torch.Tensor:
+        """Weights (N, C) per channel or (N, C, h, w) per element, for ``ctx.activations``."""
+        raise NotImplementedError
+
+
+def _as_list(layers: Layers) -> list[str | nn.Module]:
+    if layers is None:
+        return []
+    if isinstance(layers, (str, nn.Module)):
+        return [layers]
+    return list(layers)
+
+
+def _checked_inputs(inputs: Any) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        raise ValueError(f"inputs must be a (N, C, H, W) tensor, got {_describe(inputs)}")
+    if not inputs.is_floating_point():
+        raise ValueError(f"inputs must be floating point, got {inputs.dtype}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("CAMs cannot be computed inside torch.inference_mode()")
+    # An inference tensor (made under torch.inference_mode) cannot be saved for backward,
+    # which gradients through the hook fallback need: use a normal copy.
+    return inputs.detach().clone() if inputs.is_inference() else inputs.detach()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,255 @@
+"""What a CAM explains: targets on the model's output, and the model-output adapter.
+
+A target turns one image's model output (a row of logits, or a segmentation map) into the
+scalar the CAM explains. The classes carry pytorch-grad-cam's names and call semantics, so code
+written for it works unchanged::
+
+    >>> import torch
+    >>> ClassifierOutputTarget(2)(torch.tensor([0.1, 0.5, 3.0]))
+    tensor(3.)
+
+`resolve_targets` accepts None (each image's top-1 class), one class index for every image, a
+sequence or tensor of indices, or a sequence of callables (one per image); a length that is not
+the batch size is an error, never a silent zip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BinaryClassifierOutputTarget",
+    "ClassifierOutputReST",
+    "ClassifierOutputSoftmaxTarget",
+    "ClassifierOutputTarget",
+    "RawScoresOutputTarget",
+    "SemanticSegmentationTarget",
+    "SoftmaxOutputTarget",
+    "TargetSet",
+    "Targets",
+    "output_adapter",
+    "resolve_targets",
+]
+
+Target = Callable[[torch.Tensor], torch.Tensor]
+Targets = int | Sequence[int] | Sequence[Target] | torch.Tensor | Target | None
+
+
+class ClassifierOutputTarget:
+    """The logit of ``category`` (pytorch-grad-cam's target of the same name)."""
+
+    def __init__(self, category: int) -> None:
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        if model_output.dim() == 1:
+            return model_output[self.category]
+        return model_output[:, self.category]
+
+
+class ClassifierOutputSoftmaxTarget(ClassifierOutputTarget):
+    """The softmax probability of ``category``."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().__call__(torch.softmax(model_output, dim=-1))
+
+
+class ClassifierOutputReST(ClassifierOutputTarget):
+    """Logit minus cross-entropy of ``category`` (ReST, https://arxiv.org/abs/2501.06261)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return super().__call__(model_output) - super().__call__(
+            -torch.log_softmax(model_output, dim=-1)
+        )
+
+
+class BinaryClassifierOutputTarget:
+    """A one-output binary classifier: the output for category 1, its negation otherwise."""
+
+    def __init__(self, category: int) -> None:
+        self.category = int(category)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return model_output * (1 if self.category == 1 else -1)
+
+
+class SoftmaxOutputTarget:
+    """The softmax of the output (pytorch-grad-cam's name)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.softmax(model_output, dim=-1)
+
+
+class RawScoresOutputTarget:
+    """The output itself (pytorch-grad-cam's name)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return model_output
+
+
+class SemanticSegmentationTarget:
+    """Sum of class ``category``'s scores over a spatial ``mask`` of a (K, H, W) output."""
+
+    def __init__(self, category: int, mask: Any) -> None:
+        self.category = int(category)
+        self.mask = torch.as_tensor(mask)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        mask = self.mask.to(device=model_output.device, dtype=model_output.dtype)
+        return (model_output[self.category] * mask).sum()
+
+
+@dataclass
+class TargetSet:
+    """Resolved targets of a batch of N images.
+
+    Attributes:
+        indices: (N,) int64 class per image; -1 where a callable target names no ``category``.
+        functions: one callable per image, or None when every target is a plain class index
+            (then scores are a vectorised gather).
+    """
+
+    indices: torch.Tensor
+    functions: tuple[Target, ...] | None = None
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(N,) each image's target score from the batch's outputs (row i = image i)."""
+        if self.functions is None:
+            return outputs.gather(1, self.indices[:, None].to(outputs.device))[:, 0]
+        return torch.stack(
+            [_scalar(f(row)) for f, row in zip(self.functions, outputs, strict=True)]
+        )
+
+    def rows(self, outputs: torch.Tensor, image: int) -> torch.Tensor:
+        """(B,) image ``image``'s target score on each row of ``outputs`` (modified copies)."""
+        if self.functions is None:
+            return outputs[:, int(self.indices[image])]
+        function = self.functions[image]
+        return torch.stack([_scalar(function(row)) for row in outputs])
+
+
+def _scalar(value: torch.Tensor) -> torch.Tensor:
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise ValueError(
+            f"a target must return one number per image, got shape {tuple(value.shape)}"
+        )
+    return value.reshape(())
+
+
+def resolve_targets(targets: Targets | TargetSet, outputs: torch.Tensor) -> TargetSet:
+    """Targets for a batch from any accepted form (see the module docstring).
+
+    Args:
+        targets: None, int, sequence/tensor of ints, a callable, or a sequence of callables
+            (ints and callables may be mixed).
+        outputs: the batch's model outputs (N, ...); (N, num_classes) for class indices.
+    """
+    if isinstance(targets, TargetSet):
+        return targets
+    n = outputs.shape[0]
+    if targets is None:
+        if outputs.dim() != 2:
+            raise ValueError(
+                f"the model outputs shape {tuple(outputs.shape)}, not (N, classes): give targets"
+            )
+        return TargetSet(outputs.argmax(dim=1))
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        targets = [targets] * n
+    if (
+        isinstance(targets, Sequence)
+        and not isinstance(targets, str)
+        and any(callable(t) for t in targets)
+    ):
+        return _callable_targets(list(targets), n, outputs)
+    return TargetSet(_index_targets(targets, n, outputs))
+
+
+def _index_targets(targets: Any, n: int, outputs: torch.Tensor) -> torch.Tensor:
+    try:
+        result = torch.as_tensor(targets, dtype=torch.long).to(outputs.device)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"targets must be class indices or callables, got {type(targets).__name__}"
+        ) from exc
+    if result.dim() == 0:  # an int, 0-d tensor or NumPy integer: one class for all
+        result = result.expand(n).clone()
+    result = result.flatten()
+    if len(result) != n:
+        raise ValueError(f"got {len(result)} targets for a batch of {n} images")
+    num_classes = outputs.shape[1] if outputs.dim() == 2 else None
+    if len(result) and (
+        int(result.min()) < 0 or (num_classes is not None and int(result.max()) >= num_classes)
+    ):
+        top = "?" if num_classes is None else num_classes - 1
+        raise ValueError(f"target class out of range 0..{top}: {result.tolist()}")
+    return result
+
+
+def _callable_targets(targets: list[Any], n: int, outputs: torch.Tensor) -> TargetSet:
+    if len(targets) != n:
+        raise ValueError(f"got {len(targets)} targets for a batch of {n} images")
+    functions = [t if callable(t) else ClassifierOutputTarget(_index(t)) for t in targets]
+    indices = [getattr(f, "category", -1) for f in functions]
+    index_tensor = torch.tensor(
+        [i if isinstance(i, int) else -1 for i in indices], dtype=torch.long, device=outputs.device
+    )
+    if all(type(f) is ClassifierOutputTarget for f in functions):
+        return TargetSet(_index_targets(index_tensor, n, outputs))  # same semantics, vectorised
+    return TargetSet(index_tensor, tuple(functions))
+
+
+def _index(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a target must be a class index or a callable, got {value!r}") from exc
+
+
+def output_adapter(output: str | int | Callable[[Any], torch.Tensor] | None = None):
+    """A function from the model's raw output to the tensor that targets read.
+
+    Args:
+        output: None (a tensor as is; a tuple/list -> its first element; a dict -> its
+            ``"logits"`` or ``"out"`` entry; an object -> its ``.logits``), a key or attribute
+            name, an index, or a callable.
+    """
+    if callable(output):
+        return output
+
+    def adapt(value: Any) -> torch.Tensor:
+        if output is not None:
+            picked = (
+                value[output]
+                if isinstance(value, (dict, list, tuple))
+                else getattr(value, str(output))
+            )
+            return _checked(picked)
+        return _checked(_auto(value))
+
+    return adapt
+
+
+def _auto(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        for key in ("logits", "out"):
+            if key in value:
+                return value[key]
+        raise ValueError(f"the model returns a dict with keys {sorted(value)}: pass output=KEY")
+    if isinstance(value, (tuple, list)) and value:
+        return value[0]
+    if hasattr(value, "logits"):
+        return value.logits
+    raise ValueError(f"cannot read logits from a model output of type {type(value).__name__}")
+
+
+def _checked(value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"the model output picked for targets is a {type(value).__name__}")
+    return value
