@@ -18,7 +18,17 @@ Usage::
 from __future__ import annotations
 
 from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
-from camscope.methods.gradient import GradCAM
+from camscope.methods.eigen import EigenCAM, EigenGradCAM
+from camscope.methods.gradient import (
+    FullGrad,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    SmoothGradCAMPlusPlus,
+    XGradCAM,
+)
 from camscope.methods.perturbation import AblationCAM, ScoreCAM
 from camscope.methods.registry import (
     METHODS,
@@ -46,6 +56,15 @@ __all__ = [
     "BinaryClassifierOutputTarget",
     "CAMContext",
     "CAMResult",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",

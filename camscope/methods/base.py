@@ -8,9 +8,10 @@ The base takes the target layer's output, reads it as a map ``A`` (N, C, h, w) t
 (with ``eigen_smooth``: L = ReLU(first principal component of the (N, C, h, w) products), as
 pytorch-grad-cam). ``L`` is upsampled bilinearly (half-pixel centres) to the input size and
 min-max normalised to [0, 1]; a map with no spatial variation stays all zero, is never NaN, and
-is flagged ``empty``. Several layers: each layer's map is normalised, the maps are averaged and
-normalised again (pytorch-grad-cam, torch-cam). ``aug_smooth`` averages the maps of the image
-flipped horizontally or not, times 0.9, 1 and 1.1 (pytorch-grad-cam's test-time augmentation).
+is flagged ``empty``. Several layers: each layer's map is min-max normalised at its own
+resolution and resized, the maps are averaged and normalised again (as pytorch-grad-cam).
+``aug_smooth`` averages the maps of the image flipped horizontally or not, times 0.9, 1 and 1.1
+(pytorch-grad-cam's test-time augmentation).
 
 The layers before the target layer run once, without autograd; what the methods re-evaluate
 (gradients, ablations) runs through the network *after* the layer only (`camscope.split`).
@@ -29,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -254,7 +256,7 @@ class BaseCAM:
         except SplitError as exc:
             runner = HookRunner(self.model, self.layers[index], self.modules[index], str(exc))
             self._runners[index] = runner
-            log.warning(runner.note)
+            print(f"camscope: warning: {runner.note}", file=sys.stderr)  # as camscope.split
             self.notes.append(runner.note)
             return runner.features(inputs)
 
@@ -320,9 +322,10 @@ class BaseCAM:
             per_layer.append((raw.float(), weights, ctx))
         raw, weights, ctx = per_layer[0]
         maps, empty = normalise_maps(raw, size)  # type: ignore[arg-type]
-        if len(per_layer) > 1:
-            fused = torch.stack([normalise_maps(r, size)[0] for r, _, _ in per_layer]).mean(0)  # type: ignore[arg-type]
-            maps, empty = _minmax(fused)
+        if len(per_layer) > 1:  # as pytorch-grad-cam: min-max at each layer's size, resize
+            scaled = [_minmax(r)[0][:, None] for r, _, _ in per_layer]
+            up = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in scaled]
+            maps, empty = _minmax(torch.cat(up, dim=1).mean(dim=1))
         info = {k: v for _, _, c in per_layer for k, v in c.info.items()}
         result = CAMResult(maps, raw, weights.float(), ctx.targets.indices, ctx.logits, empty, info)
         return result, ctx.targets

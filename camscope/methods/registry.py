@@ -82,7 +82,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
 
 
-#: name -> MethodSpec, in display order (registration order).
+#: name -> MethodSpec, in display order: by family (`FAMILIES`), then registration order.
 METHODS: dict[str, MethodSpec] = {}
 FAMILIES = ("gradient", "eigen", "perturbation", "baseline")
 
@@ -114,6 +114,9 @@ def register(
             name, cls, label, family, paper, cost, tuple(options),
             dict(sanity_options or {}), tuple(aliases),
         )  # fmt: skip
+        ordered = sorted(METHODS.values(), key=lambda s: FAMILIES.index(s.family))
+        METHODS.clear()
+        METHODS.update((s.name, s) for s in ordered)
         return cls
 
     return decorate
