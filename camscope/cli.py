@@ -539,6 +539,19 @@ def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
 
 
 @main.command()
+def methods() -> None:
+    """List the CAM methods (name, family, label, cost, paper) from the registry."""
+    from camscope.methods.registry import table
+
+    rows = [("name", "family", "label", "cost", "paper")]
+    rows += [(name, family, label, cost, paper) for name, family, label, paper, cost in table()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=True)]
+        click.echo("  ".join([*cells, row[4]]))
+
+
+@main.command()
 @click.option("--model", default=None, help="Model (default: the default model).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None)
 @click.option("--usable", is_flag=True, help="Only the layers that can be CAM layers.")

@@ -29,7 +29,7 @@ from camscope.methods.gradient import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
-from camscope.methods.perturbation import AblationCAM, ScoreCAM
+from camscope.methods.perturbation import ISCAM, RISE, SSCAM, AblationCAM, RandomCAM, ScoreCAM
 from camscope.methods.registry import (
     METHODS,
     MethodSpec,
@@ -50,7 +50,11 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "ISCAM",
     "METHODS",
+    "RISE",
+    "SSCAM",
+    "RandomCAM",
     "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",

@@ -15,9 +15,10 @@ from torch import nn
 
 from camscope.engine import BACKENDS, Backend, InferenceEngine, Precision
 from camscope.methods.base import BaseCAM, CAMContext, default_chunk
+from camscope.methods.gradient import SEED, seeded_normal
 from camscope.methods.registry import OptionSpec, register
 
-__all__ = ["AblationCAM", "ScoreCAM"]
+__all__ = ["ISCAM", "RISE", "SSCAM", "AblationCAM", "RandomCAM", "ScoreCAM"]
 
 ABLATION_CPU_BATCH_BYTES = 32 << 20
 PGC_ABLATION_OFFSET = 1e7  # pytorch-grad-cam's AblationLayer.ABLATION_VALUE
@@ -202,6 +203,7 @@ class ScoreCAM(BaseCAM):
     """
 
     uses_split = False
+    passes_per_mask = 1
 
     def __init__(
         self,
@@ -274,6 +276,10 @@ class ScoreCAM(BaseCAM):
             out = out.softmax(dim=1)
         return ctx.targets.rows(out, image).float()
 
+    def _mask_scores(self, ctx: CAMContext, image: int, masks: torch.Tensor) -> torch.Tensor:
+        """(k,) scores of image ``image`` under each of the (k, 1, H, W) masks."""
+        return self._score(ctx, ctx.inputs[image : image + 1] * masks, image)
+
     def _image_scores(
         self, ctx: CAMContext, i: int, active: torch.Tensor, chunk: int, flat: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
@@ -290,9 +296,7 @@ class ScoreCAM(BaseCAM):
         for start in range(0, len(distinct), chunk):
             ks = active[distinct[start : start + chunk]]
             masks = self._masks(acts[i, ks], size)  # type: ignore[arg-type]
-            distinct_scores[start : start + len(ks)] = self._score(
-                ctx, ctx.inputs[i : i + 1] * masks, i
-            )
+            distinct_scores[start : start + len(ks)] = self._mask_scores(ctx, i, masks)
         scores[active] = distinct_scores[inverse]
         return scores, len(distinct)
 
@@ -306,7 +310,8 @@ class ScoreCAM(BaseCAM):
         constant = flat.amax(dim=2) == flat.amin(dim=2)  # (N, C)
         selected = [self._channels(flat[i], constant[i]) for i in range(n)]
         expected = sum(len(a) for a in selected)
-        self.engine.prepare(inputs[:1].expand(min(chunk, max(expected, 1)), -1, -1, -1), expected)
+        example = inputs[:1].expand(min(chunk, max(expected, 1)), -1, -1, -1)
+        self.engine.prepare(example, expected * self.passes_per_mask)
         weights = torch.zeros(n, channels, device=device)
         run = distinct = 0
         with torch.no_grad():
@@ -335,3 +340,304 @@ class ScoreCAM(BaseCAM):
             channels=float(n * channels),
         )
         return weights
+
+
+SCORE_OPTIONS = (PRECISION, MAX_CHANNELS, BACKEND)
+
+
+class _SmoothedScoreCAM(ScoreCAM):
+    """ScoreCAM (reference variant) whose mask scores a subclass smooths over samples."""
+
+    default_samples = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        *,
+        num_samples: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, variant="reference", **kwargs)
+        self.num_samples = self.default_samples if num_samples is None else num_samples
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        self.passes_per_mask = self.num_samples
+
+
+@register(
+    "sscam",
+    label="SS-CAM",
+    family="perturbation",
+    paper="Wang et al., 2020, https://arxiv.org/abs/2006.14255",
+    cost="C x S forward passes of the whole model (S = --sscam-samples, default 35)",
+    options=(
+        OptionSpec(
+            "num_samples", "--sscam-samples", int, 35,
+            "SS-CAM: noisy copies of each mask (cost: one forward pass each).", minimum=1,
+        ),
+        OptionSpec(
+            "std", "--sscam-std", float, 2.0,
+            "SS-CAM: standard deviation of the noise added to each mask.", minimum=0,
+        ),
+        SEED,
+        *SCORE_OPTIONS,
+    ),
+    sanity_options={"max_channels": 64, "num_samples": 4},
+    aliases=("ss-cam",),
+)  # fmt: skip
+class SSCAM(_SmoothedScoreCAM):
+    r"""SS-CAM (Wang et al., 2020, https://arxiv.org/abs/2006.14255), as torch-cam computes it.
+
+    ScoreCAM whose mask scores are averaged over S noisy masks:
+
+    .. math::
+        s_k = \frac1S \sum_{s=1}^{S} \mathrm{softmax}\big(f(x \odot (M_k + \epsilon_s))\big)_c,
+        \quad \epsilon_s \sim \mathcal N(0, \sigma^2) \text{ of the input's shape}, \qquad
+        L = \mathrm{ReLU}\Big(\sum_k s_k A_k\Big)
+
+    with ScoreCAM's reference masks :math:`M_k` (bilinear upsampling, then min-max; torch-cam
+    min-maxes before upsampling). As torch-cam, one noise draw per sample is shared by all
+    masks; camscope seeds it (``seed``), so maps are deterministic and a batch gives the maps
+    of its images explained one at a time. Defaults S = 35, sigma = 2 (torch-cam's).
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18().eval()
+        >>> SSCAM(model, "layer4[-1]", max_channels=4, num_samples=2)(
+        ...     torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 64, 64])
+    """
+
+    default_samples = 35
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        *,
+        std: float = 2.0,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.std, self.seed = std, seed
+
+    def _mask_scores(self, ctx: CAMContext, image: int, masks: torch.Tensor) -> torch.Tensor:
+        x = ctx.inputs[image : image + 1]
+        noise = seeded_normal((self.num_samples, *x.shape), self.seed, masks) * self.std
+        total = torch.zeros(len(masks), device=masks.device)
+        for s in range(self.num_samples):
+            total += self._score(ctx, x * (masks + noise[s]), image)
+        return total / self.num_samples
+
+
+@register(
+    "iscam",
+    label="IS-CAM",
+    family="perturbation",
+    paper="Naidu et al., 2020, https://arxiv.org/abs/2010.03023",
+    cost="C x S forward passes of the whole model (S = --iscam-samples, default 10)",
+    options=(
+        OptionSpec(
+            "num_samples", "--iscam-samples", int, 10,
+            "IS-CAM: integration steps per mask (cost: one forward pass each).", minimum=1,
+        ),
+        *SCORE_OPTIONS,
+    ),
+    sanity_options={"max_channels": 64, "num_samples": 4},
+    aliases=("is-cam",),
+)  # fmt: skip
+class ISCAM(_SmoothedScoreCAM):
+    r"""IS-CAM (Naidu et al., 2020, https://arxiv.org/abs/2010.03023), as torch-cam computes it.
+
+    ScoreCAM whose mask scores are summed along a path of growing masked inputs:
+
+    .. math::
+        F_i = \sum_{j=1}^{i} \frac{j}{S}\, x \odot M_k, \qquad
+        s_k = \sum_{i=1}^{S} \mathrm{softmax}(f(F_i))_c, \qquad
+        L = \mathrm{ReLU}\Big(\sum_k s_k A_k\Big)
+
+    (torch-cam accumulates :math:`F_i` as written, so its last step is
+    :math:`\frac{S+1}{2} x \odot M_k`; camscope does the same). Masks as ScoreCAM's reference
+    variant. Default S = 10 (torch-cam's).
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18().eval()
+        >>> ISCAM(model, "layer4[-1]", max_channels=4, num_samples=2)(
+        ...     torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 64, 64])
+    """
+
+    default_samples = 10
+
+    def _mask_scores(self, ctx: CAMContext, image: int, masks: torch.Tensor) -> torch.Tensor:
+        masked = ctx.inputs[image : image + 1] * masks
+        total = torch.zeros(len(masks), device=masks.device)
+        scale = 0.0
+        for i in range(1, self.num_samples + 1):
+            scale += i / self.num_samples
+            total += self._score(ctx, scale * masked, image)
+        return total
+
+
+RISE_BLOCK = 64  # masks drawn (and run) together; fixed, so the draws never depend on chunking
+
+
+@register(
+    "rise",
+    label="RISE",
+    family="perturbation",
+    paper="Petsiuk et al., BMVC 2018, https://arxiv.org/abs/1806.07421",
+    cost="N forward passes of the whole model (N = --rise-masks, default 4000); model-agnostic",
+    options=(
+        OptionSpec(
+            "rise_masks", "--rise-masks", int, 4000,
+            "RISE: random masks per image (cost: one forward pass each).", minimum=1,
+        ),
+        SEED,
+        PRECISION,
+        BACKEND,
+    ),
+    sanity_options={"rise_masks": 512},
+)  # fmt: skip
+class RISE(BaseCAM):
+    r"""RISE (Petsiuk et al., BMVC 2018, https://arxiv.org/abs/1806.07421), model-agnostic.
+
+    N random masks :math:`M_i`: a ``cells`` x ``cells`` grid of cells kept with probability
+    p, upsampled bilinearly to ``(cells + 1)`` cell sizes and cropped at a random shift of up to
+    one cell; then
+
+    .. math::
+        S^c = \frac{1}{N p} \sum_{i=1}^{N} \mathrm{softmax}\big(f(x \odot M_i)\big)_c \, M_i
+
+    at the input's resolution (a callable target reads the softmax). The target layers are
+    ignored (the map does not look inside the model). The masks are drawn from ``seed`` in
+    fixed blocks, so maps are deterministic and the same for every image of a batch; the masked
+    passes run through the same `camscope.engine.InferenceEngine` as ScoreCAM's.
+    Defaults: N = 4000, cells = 7, p = 0.5 (the paper's for ResNet-50).
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18().eval()
+        >>> RISE(model, rise_masks=64)(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 64, 64])
+    """
+
+    needs_layer = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        *,
+        rise_masks: int = 4000,
+        cells: int = 7,
+        p: float = 0.5,
+        seed: int = 0,
+        precision: Precision = "fp32",
+        backend: Backend = "auto",
+        jit: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, None, reshape_transform, **kwargs)
+        if rise_masks < 1 or cells < 1 or not 0 < p <= 1:
+            raise ValueError("RISE needs rise_masks >= 1, cells >= 1 and 0 < p <= 1")
+        if target_layers is not None:
+            self.notes.append("RISE is model-agnostic; the target layer is ignored")
+        self.rise_masks, self.cells, self.p, self.seed = rise_masks, cells, p, seed
+        self.engine = InferenceEngine(
+            _Adapted(model, self.adapt), precision=precision, jit=jit, backend=backend
+        )
+
+    def close(self) -> None:
+        """Release the inference engine's compiled copy."""
+        super().close()
+        self.engine.release()
+
+    def masks(self, block: int, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """Masks ``block * RISE_BLOCK ...`` (at most RISE_BLOCK of them), (k, 1, H, W)."""
+        count = min(RISE_BLOCK, self.rise_masks - block * RISE_BLOCK)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+        grid = torch.rand((count, 1, self.cells, self.cells), generator=generator) < self.p
+        cell_h, cell_w = -(-size[0] // self.cells), -(-size[1] // self.cells)
+        shift_y = torch.randint(0, cell_h, (count,), generator=generator).tolist()
+        shift_x = torch.randint(0, cell_w, (count,), generator=generator).tolist()
+        big = (self.cells + 1) * cell_h, (self.cells + 1) * cell_w
+        up = F.interpolate(grid.to(like), size=big, mode="bilinear", align_corners=False)
+        crops = [
+            up[i, :, y : y + size[0], x : x + size[1]]
+            for i, (y, x) in enumerate(zip(shift_y, shift_x, strict=True))
+        ]
+        return torch.stack(crops)
+
+    def layer_map(self, ctx: CAMContext, eigen: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        x = ctx.inputs
+        size = (x.shape[-2], x.shape[-1])
+        n = len(x)
+        self.engine.prepare(x[:1].expand(min(RISE_BLOCK, self.rise_masks), -1, -1, -1),
+                            n * self.rise_masks)  # fmt: skip
+        saliency = torch.zeros(n, *size, dtype=torch.float64, device=x.device)
+        with torch.no_grad():
+            for block in range(-(-self.rise_masks // RISE_BLOCK)):
+                masks = self.masks(block, size, x)
+                for i in range(n):
+                    probs = self.engine(x[i : i + 1] * masks).softmax(dim=1)
+                    scores = ctx.targets.rows(probs, i).double()
+                    saliency[i] += torch.einsum("k,khw->hw", scores, masks[:, 0].double())
+        if self.engine.note and self.engine.note not in self.notes:
+            self.notes.append(self.engine.note)
+        ctx.info["masked_passes"] = float(n * self.rise_masks)
+        return saliency / (self.rise_masks * self.p), torch.zeros(n, 0, device=x.device)
+
+
+@register(
+    "random",
+    label="Random",
+    family="baseline",
+    paper="baseline: pytorch-grad-cam's RandomCAM, https://github.com/jacobgil/pytorch-grad-cam",
+    cost="1 forward pass (no gradients)",
+    options=(SEED,),
+    aliases=("randomcam",),
+)
+class RandomCAM(BaseCAM):
+    r"""A baseline: random channel weights, :math:`w_k \sim U(-1, 1)` (pytorch-grad-cam's
+    ``RandomCAM``), :math:`L = \mathrm{ReLU}(\sum_k w_k A_k)`.
+
+    The floor every method must beat in the faithfulness metrics. Seeded (``seed``): the same
+    weights for every image and call, so maps are deterministic and batch-independent (the map
+    still follows the image's activations, as pytorch-grad-cam's does; it ignores the target).
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18().eval()
+        >>> RandomCAM(model, "layer4[-1]", seed=1)(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        *,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.seed = seed
+
+    def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
+        acts = ctx.activations
+        assert acts is not None
+        generator = torch.Generator().manual_seed(self.seed)
+        w = torch.rand(acts.shape[1], generator=generator, dtype=torch.float64) * 2 - 1
+        return w.to(acts)[None].expand(acts.shape[0], -1)

@@ -25,6 +25,7 @@ __all__ = [
     "click_options",
     "get_method",
     "method_options",
+    "option_keys",
     "register",
 ]
 
@@ -49,6 +50,11 @@ class OptionSpec:
     default: object
     help: str
     minimum: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The flag's parameter name (``--max-channels`` -> ``max_channels``)."""
+        return self.cli.lstrip("-").replace("-", "_")
 
     def validate(self, value: object) -> None:
         """Raise ValueError with a one-line message if ``value`` is not allowed."""
@@ -142,55 +148,67 @@ def build_cam(name: str, model: Any, layers: Any, **options: object) -> Any:
 
 
 def method_options(names: Iterable[str], given: Mapping[str, object]) -> dict[str, dict]:
-    """Split the given options (name -> value; None = not given) among the selected methods.
+    """Split the given options among the selected methods.
 
-    Returns ``{method: {option: value}}`` for the given options each method declares. An
-    option given for none of the selected methods, or an unknown option, is a ValueError.
+    Args:
+        names: the selected methods (names or aliases).
+        given: option -> value, an option being named by its flag's parameter name
+            (`OptionSpec.key`, e.g. ``"sscam_samples"``) or by its constructor keyword
+            (``"num_samples"``: then for every selected method that has it); None = not given.
+
+    Returns ``{method: {constructor keyword: value}}``. An option that none of the selected
+    methods takes, or an unknown one, is a ValueError with a one-line message.
     """
     specs = [get_method(n) for n in names]
-    all_options = {o.name: o for s in METHODS.values() for o in s.options}
     result: dict[str, dict] = {s.name: {} for s in specs}
     for key, value in given.items():
         if value is None:
             continue
-        if key not in all_options:
+        matches = [o for s in METHODS.values() for o in s.options if o.key == key]
+        matches = matches or [o for s in METHODS.values() for o in s.options if o.name == key]
+        if not matches:
             raise ValueError(f"unknown method option '{key}'")
-        option = all_options[key]
-        users = [s for s in specs if any(o.name == key for o in s.options)]
+        users = [(s, o) for s in specs for o in s.options if o in matches]
         if not users:
-            owners = [s.name for s in METHODS.values() if any(o.name == key for o in s.options)]
+            owners = [s.name for s in METHODS.values() if any(o in matches for o in s.options)]
             raise ValueError(
-                f"{option.cli} applies to {', '.join(owners)}, none of which is selected"
+                f"{matches[0].cli} applies to {', '.join(owners)}, none of which is selected"
             )
-        option.validate(value)
-        for spec in users:
-            result[spec.name][key] = value
+        for spec, option in users:
+            option.validate(value)
+            result[spec.name][option.name] = value
     return result
 
 
+def option_keys() -> list[str]:
+    """The parameter names of every method flag (what `click_options` adds to a command)."""
+    return list(_all_options())
+
+
 def _all_options() -> dict[str, tuple[OptionSpec, list[str]]]:
+    """flag key -> (its OptionSpec, the methods that take it)."""
     seen: dict[str, tuple[OptionSpec, list[str]]] = {}
     for spec in METHODS.values():
         for option in spec.options:
-            seen.setdefault(option.cli, (option, []))[1].append(spec.name)
+            seen.setdefault(option.key, (option, []))[1].append(spec.name)
     return seen
 
 
 def click_options() -> list[Callable]:
     """One click option per distinct flag of the registered methods (default None = not given).
 
-    Each flag's value arrives under its OptionSpec ``name``; pass them all to `method_options`.
+    Each flag's value arrives under its `OptionSpec.key`; pass them all to `method_options`.
     """
     import click  # the CLI's dependency; imported here to keep the registry light
 
     decorators = []
-    for cli, (option, users) in _all_options().items():
+    for option, users in _all_options().values():
         kind = click.Choice(option.type) if isinstance(option.type, tuple) else option.type
         default = "off" if option.default is None else option.default
         decorators.append(
             click.option(
-                cli,
-                option.name,
+                option.cli,
+                option.key,
                 type=kind,
                 default=None,
                 help=f"{option.help} [{', '.join(users)}; default {default}]",
