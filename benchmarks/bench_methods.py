@@ -9,8 +9,13 @@ never bought with a different answer):
   same post-processing, so the max abs difference should be ~1e-6;
 * ``final``: camscope's final map (resize, then min-max) against pytorch-grad-cam's output.
 
+``--family`` times every registered method that pytorch-grad-cam also has (same model, layer,
+image and target, in this process), with the ratio camscope/pytorch-grad-cam and each gradient
+method's time relative to camscope's Grad-CAM.
+
 Usage (see BENCHMARKS.md for recorded results)::
 
+    python benchmarks/bench_methods.py --family --model efficientnet_lite0
     python benchmarks/bench_methods.py --model resnet50 --layer "layer4[-1]"
     python benchmarks/bench_methods.py --model efficientnet_lite0 --methods scorecam \
         --scorecam-modes fp32,bf16,k128,k256 --skip-pgc
@@ -33,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from camscope.io import preprocess  # noqa: E402
-from camscope.methods import AblationCAM, GradCAM, ScoreCAM  # noqa: E402
+from camscope.methods import METHODS, AblationCAM, GradCAM, ScoreCAM, build_cam  # noqa: E402
 from camscope.models import load_model, resolve_layer  # noqa: E402
 
 
@@ -95,11 +100,78 @@ def pgc_postprocess(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return scale_cam_image(scale_cam_image(raw.detach().cpu().numpy().astype(np.float32), size))
 
 
+#: registry name -> (pytorch-grad-cam class, camscope options giving pytorch-grad-cam's formula)
+PGC_EQUIVALENTS = {
+    "gradcam": ("GradCAM", {}),
+    "gradcampp": ("GradCAMPlusPlus", {}),
+    "xgradcam": ("XGradCAM", {}),
+    "hirescam": ("HiResCAM", {}),
+    "gradcam-elementwise": ("GradCAMElementWise", {}),
+    "layercam": ("LayerCAM", {}),
+    "fullgrad": ("FullGrad", {}),
+    "eigencam": ("EigenCAM", {}),
+    "eigengradcam": ("EigenGradCAM", {}),
+    "ablationcam": ("AblationCAM", {"ablation_value": "pytorch-grad-cam"}),
+    "scorecam": ("ScoreCAM", {"variant": "pytorch-grad-cam"}),
+    "random": ("RandomCAM", {}),
+}
+#: methods whose pytorch-grad-cam run takes minutes on a CPU: timed once, without warm-up
+SLOW = {"ablationcam", "scorecam"}
+
+
+def family(args, model, module, layer_name, x, target, device) -> list[dict]:
+    """Every method pytorch-grad-cam also has: seconds, ratio, agreement, vs Grad-CAM."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    size = tuple(x.shape[-2:])
+    names = [n for n in PGC_EQUIVALENTS if n in METHODS]
+    if args.methods:
+        names = [n for n in names if n in args.methods.split(",")]
+    rows, gradcam_s = [], None
+    for name in names:
+        cls_name, options = PGC_EQUIVALENTS[name]
+        repeats = 1 if name in SLOW else args.repeats
+        with build_cam(name, model, layer_name, **options) as cam:
+            ours_s, res = timed(lambda cam=cam: cam.explain(x, target), device, repeats)
+
+        def theirs(cls_name=cls_name):
+            with getattr(pgc, cls_name)(model=model, target_layers=[module]) as cam:
+                return cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
+
+        if name in SLOW:
+            start = time.perf_counter()
+            their_map = theirs()
+            theirs_s = time.perf_counter() - start
+        else:
+            theirs_s, their_map = timed(theirs, device, repeats)
+        gradcam_s = ours_s if name == "gradcam" else gradcam_s
+        same_post = pgc_postprocess(res.raw, size)[0]
+        r = pearson(same_post, their_map)
+        row = {
+            "model": args.model, "layer": layer_name, "method": name,
+            "family": METHODS[name].family, "camscope_s": ours_s, "pgc_s": theirs_s,
+            "ratio_camscope_over_pgc": ours_s / theirs_s,
+            "vs_camscope_gradcam": (ours_s / gradcam_s)
+            if gradcam_s and METHODS[name].family == "gradient" else None,
+            "pearson_same_postprocessing": r,
+            "note": "sign free (SVD)" if name.startswith("eigen") else
+            ("random weights differ" if name == "random" else ""),
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row))
+        sys.stdout.flush()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", action="store_true", help="every method pgc also has")
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--layer", default=None)
-    parser.add_argument("--methods", default="gradcam,ablationcam,scorecam")
+    parser.add_argument(
+        "--methods", default=None, help="comma list (default: gradcam,ablationcam,scorecam; all)"
+    )
     parser.add_argument(
         "--scorecam-modes",
         default="fp32",
@@ -147,6 +219,13 @@ def main() -> None:
         f"threads {torch.get_num_threads()}, torch {torch.__version__}, target {target}"
     )
     results: list[dict] = []
+    if args.family:
+        results = family(args, model, module, layer_name, x, target, device)
+        if args.json:
+            with open(args.json, "a") as fh:
+                for row in results:
+                    fh.write(json.dumps(row) + "\n")
+        return
 
     def record(method, mode, ours_s, theirs_s, ours_raw, ours_map, theirs_map, extra=None):
         row = {
@@ -169,7 +248,7 @@ def main() -> None:
         print(json.dumps(row))
         sys.stdout.flush()
 
-    methods = args.methods.split(",")
+    methods = (args.methods or "gradcam,ablationcam,scorecam").split(",")
     pgc = None
     if any(m not in skip for m in methods):
         import pytorch_grad_cam as pgc  # noqa: F401

@@ -99,7 +99,9 @@ class FxSplit(FeatureRunner):
             raise SplitError(f"the model's output does not depend on layer {layer}")
         external: list[fx.Node] = []
         for node in graph.nodes:
-            if node in tail_nodes and node is not target and node.op != "output":
+            # the output node too: a model may also return values the layer does not feed
+            # (an auxiliary output in a dict): the head computes them, the tail passes them on
+            if (node in tail_nodes and node is not target) or node.op == "output":
                 for arg in node.all_input_nodes:
                     if arg not in tail_nodes and arg not in external and arg.op != "get_attr":
                         external.append(arg)

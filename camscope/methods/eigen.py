@@ -61,7 +61,8 @@ class EigenCAM(BaseCAM):
     aliases=("eigengrad-cam", "eigen-grad-cam"),
 )
 class EigenGradCAM(BaseCAM):
-    r"""EigenGrad-CAM (pytorch-grad-cam's ``EigenGradCAM``): EigenCAM of :math:`g \odot A`.
+    r"""EigenGrad-CAM (pytorch-grad-cam's ``EigenGradCAM``): EigenCAM (Muhammad & Yeasin,
+    IJCNN 2020, https://arxiv.org/abs/2008.00299) of :math:`g \odot A`.
 
     .. math::
         L = \mathrm{ReLU}\big(\mathrm{PC}_1(\tfrac{\partial y^c}{\partial A} \odot A)\big)

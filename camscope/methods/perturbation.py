@@ -70,7 +70,9 @@ class _Adapted(nn.Module):
     aliases=("ablation-cam", "ablation"),
 )  # fmt: skip
 class AblationCAM(BaseCAM):
-    r"""AblationCAM (Desai & Ramaswamy, WACV 2020).
+    r"""AblationCAM (Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/
+    html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_
+    Localization_WACV_2020_paper.html).
 
     .. math::
         w_k^c = \frac{y^c - y^c_k}{y^c}, \qquad L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big)
@@ -609,7 +611,8 @@ class RISE(BaseCAM):
 )
 class RandomCAM(BaseCAM):
     r"""A baseline: random channel weights, :math:`w_k \sim U(-1, 1)` (pytorch-grad-cam's
-    ``RandomCAM``), :math:`L = \mathrm{ReLU}(\sum_k w_k A_k)`.
+    ``RandomCAM``, https://github.com/jacobgil/pytorch-grad-cam),
+    :math:`L = \mathrm{ReLU}(\sum_k w_k A_k)`.
 
     The floor every method must beat in the faithfulness metrics. Seeded (``seed``): the same
     weights for every image and call, so maps are deterministic and batch-independent (the map

@@ -171,8 +171,10 @@ def method_options(names: Iterable[str], given: Mapping[str, object]) -> dict[st
         users = [(s, o) for s in specs for o in s.options if o in matches]
         if not users:
             owners = [s.name for s in METHODS.values() if any(o in matches for o in s.options)]
+            option = matches[0]
             raise ValueError(
-                f"{matches[0].cli} applies to {', '.join(owners)}, none of which is selected"
+                f"{option.cli} ({option.name}) applies to {', '.join(owners)}, none of which is "
+                "selected"
             )
         for spec, option in users:
             option.validate(value)
