@@ -777,7 +777,7 @@ def test_inference_tensors_made_earlier_are_accepted(untraceable_model, capsys):
 
 
 def test_layer_without_feature_map_is_rejected(tiny_model, tiny_inputs):
-    with pytest.raises(LayerError, match=r"fc1 outputs shape \(3, 16\).*feature map"):
+    with pytest.raises(LayerError, match=r"fc1: output \(1, 16\).*not a spatial map"):
         GradCAM(tiny_model, "fc1").explain(tiny_inputs)
 
 

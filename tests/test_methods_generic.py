@@ -242,7 +242,7 @@ def test_layer_that_is_not_a_map_is_refused(inputs):
 
     torch.manual_seed(0)
     model = TokenNet().double().eval()
-    with pytest.raises(LayerError, match=r"layer block outputs shape \(3, 17, 6\); a CAM needs"):
+    with pytest.raises(LayerError, match=r"block: output \(1, 17, 6\).*not a spatial map"):
         build_cam("gradcam", model, "block").explain(inputs)
 
 

@@ -1,7 +1,9 @@
 """`BaseCAM`: everything a CAM method shares, so that a method is only its weights.
 
 The base takes the target layer's output, reads it as a map ``A`` (N, C, h, w) through
-`camscope.methods.reshape`, resolves the targets, asks the method for weights ``w`` and forms
+`camscope.methods.reshape` (the layer's layout, channels-first, channels-last or ViT tokens, as
+`camscope.models.check_layer` finds it once per input size; or a ``reshape_transform``),
+resolves the targets, asks the method for weights ``w`` and forms
 
     L = ReLU(sum_k w_k * A_k)          w: (N, C) per channel, or (N, C, h, w) element-wise
 
@@ -42,7 +44,8 @@ from torch import nn
 
 from camscope.methods.reshape import SpatialView, spatial_view
 from camscope.methods.targets import Targets, TargetSet, output_adapter, resolve_targets
-from camscope.models import LayerError, resolve_layer
+from camscope.models import LayerError, check_layer, resolve_layer
+from camscope.spatial import LayoutError, detect_layout
 from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
 __all__ = ["BaseCAM", "CAMContext", "CAMResult", "first_component", "normalise_maps"]
@@ -208,6 +211,7 @@ class BaseCAM:
                 stacklevel=2,
             )
         self._runners: list[FeatureRunner | None] = [None] * len(self.layers)
+        self._layouts: dict[tuple[int, tuple[int, int]], Any] = {}
         self.notes: list[str] = []
 
     # -- context manager / cleanup -----------------------------------------------------------
@@ -342,7 +346,7 @@ class BaseCAM:
             return CAMContext(inputs, None, None, None, (), logits, target_set, None, None)
         with torch.no_grad():
             output, cache = self._features(index, inputs)
-            view = self._view(index, output)
+            view = self._view(index, output, inputs)
             activations = view.to_map(output)
             logits = self.adapt(self.runner_for(index).classify(output, cache)).float()
         target_set = resolve_targets(targets, logits)
@@ -352,11 +356,31 @@ class BaseCAM:
             inputs, layer, output, activations, cache, logits, target_set, runner, view
         )
 
-    def _view(self, index: int, output: torch.Tensor) -> SpatialView:
+    def _view(self, index: int, output: torch.Tensor, inputs: torch.Tensor) -> SpatialView:
+        """How layer ``index``'s output reads as (N, C, h, w) (see `camscope.methods.reshape`)."""
+        if self.reshape_transform is not None:
+            try:
+                return spatial_view(output, self.reshape_transform)
+            except LayerError as exc:
+                raise LayerError(f"layer {self.layers[index]}: {exc}") from None
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        key = (index, size)
+        if key not in self._layouts:
+            self._layouts[key] = self._layout(index, output, size)
+        return spatial_view(output, layout=self._layouts[key])
+
+    def _layout(self, index: int, output: torch.Tensor, size: tuple[int, int]) -> Any:
+        """`check_layer`'s layout (one dry pass per layer and input size); LayerError if none."""
         try:
-            return spatial_view(output, self.reshape_transform)
-        except LayerError as exc:
-            raise LayerError(f"layer {self.layers[index]} {exc}") from None
+            return check_layer(self.model, self.layers[index], size).layout
+        except LayerError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the dry pass itself failed (odd inputs)
+            try:
+                return detect_layout(tuple(output.shape), size, self.model, len(output))
+            except LayoutError as why:
+                shape = tuple(output.shape)
+                raise LayerError(f"layer {self.layers[index]} outputs {shape}: {why}") from exc
 
     def gradients(self, ctx: CAMContext) -> torch.Tensor:
         """d(sum of the target scores)/dA as a map (N, C, h, w): the one gradient helper.

@@ -8,7 +8,9 @@ output of the target layer and returns a view with two functions:
   output of the layer (for values the map does not carry, e.g. a class token), so that the
   network after the layer can be re-run on it (AblationCAM).
 
-This first version handles ``(N, C, h, w)`` outputs (pass-through) and a user
+The layout of a layer (channels-first, channels-last ``(N, h, w, C)``, ViT tokens
+``(N, prefix + h*w, C)``) is decided by `camscope.models.check_layer` (`camscope.spatial`), whose
+`Layout` is itself a view. Here: ``(N, C, h, w)`` outputs (pass-through) and a user
 ``reshape_transform`` (pytorch-grad-cam's argument: a callable from the layer's output to
 ``(N, C, h, w)``). The inverse of a user transform is derived, not asked for: the transform is
 applied to a tensor holding each element's own index, which tells where every element of the
@@ -27,6 +29,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -100,16 +103,22 @@ class _TransformView(SpatialView):
 
 
 def spatial_view(
-    example_output: torch.Tensor, reshape_transform: ReshapeTransform | None = None
-) -> SpatialView:
+    example_output: torch.Tensor,
+    reshape_transform: ReshapeTransform | None = None,
+    layout: Any = None,
+) -> Any:
     """A view that reads ``example_output``'s layout as ``(N, C, h, w)`` and back.
 
     Args:
         example_output: one output of the target layer.
-        reshape_transform: optional callable from the layer's output to ``(N, C, h, w)``.
+        reshape_transform: optional callable from the layer's output to ``(N, C, h, w)``; it
+            takes precedence (its inverse is derived, see the module docstring).
+        layout: the layer's `camscope.spatial.Layout` as `camscope.models.check_layer` found
+            it (channels-first, channels-last or tokens), used as the view.
 
     Raises:
-        LayerError: the output is not a tensor, or not a 4-D map and no transform was given.
+        LayerError: the output is not a tensor, or neither a transform, a layout nor a 4-D
+            output says how to read it.
     """
     if not isinstance(example_output, torch.Tensor):
         raise LayerError(
@@ -118,6 +127,8 @@ def spatial_view(
         )
     if reshape_transform is not None:
         return _TransformView(reshape_transform, example_output)
+    if layout is not None:
+        return layout
     if example_output.dim() == 4:
         return SpatialView()
     raise LayerError(

@@ -214,42 +214,10 @@ def output_adapter(output: str | int | Callable[[Any], torch.Tensor] | None = No
     """A function from the model's raw output to the tensor that targets read.
 
     Args:
-        output: None (a tensor as is; a tuple/list -> its first element; a dict -> its
-            ``"logits"`` or ``"out"`` entry; an object -> its ``.logits``), a key or attribute
-            name, an index, or a callable.
+        output: None (a tensor as is; else ``.logits``, ``["logits"]`` or a tuple's first
+            element), an index, a key or attribute name, or a callable: see
+            `camscope.models.select_logits`, which this applies.
     """
-    if callable(output):
-        return output
+    from camscope.models import select_logits
 
-    def adapt(value: Any) -> torch.Tensor:
-        if output is not None:
-            picked = (
-                value[output]
-                if isinstance(value, (dict, list, tuple))
-                else getattr(value, str(output))
-            )
-            return _checked(picked)
-        return _checked(_auto(value))
-
-    return adapt
-
-
-def _auto(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict):
-        for key in ("logits", "out"):
-            if key in value:
-                return value[key]
-        raise ValueError(f"the model returns a dict with keys {sorted(value)}: pass output=KEY")
-    if isinstance(value, (tuple, list)) and value:
-        return value[0]
-    if hasattr(value, "logits"):
-        return value.logits
-    raise ValueError(f"cannot read logits from a model output of type {type(value).__name__}")
-
-
-def _checked(value: Any) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"the model output picked for targets is a {type(value).__name__}")
-    return value
+    return lambda value: select_logits(value, output)
