@@ -271,6 +271,36 @@ def test_pillow_warning_on_stderr_is_one_line(child) -> None:
     assert "warnings.warn" not in stderr and ".py:" not in stderr
 
 
+def test_the_same_warning_is_reported_for_every_file(tmp_path: Path, caplog) -> None:
+    paths = [_jpeg_with_corrupt_exif(tmp_path / f"bad-{i}.jpg") for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="camscope"):
+        for path in paths:
+            load_image(path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "camscope"]
+    assert [line.split(": ")[0] for line in lines] == [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
+def test_decode_warning_state_survives_other_catch_warnings(order: str) -> None:
+    """Another thread's catch_warnings interleaving with a decode leaves no state changed."""
+    filters, show, impl = list(warnings.filters), warnings.showwarning, warnings._showwarnmsg_impl
+    ours, theirs = decode_module._pillow_warnings("x.png"), warnings.catch_warnings(record=True)
+    if order == "ours-first":
+        ours.__enter__()
+        theirs.__enter__()
+        ours.__exit__(None, None, None)
+        theirs.__exit__(None, None, None)
+    else:
+        theirs.__enter__()
+        ours.__enter__()
+        theirs.__exit__(None, None, None)
+        ours.__exit__(None, None, None)
+    assert warnings.filters == filters
+    assert warnings.showwarning is show and warnings._showwarnmsg_impl is impl
+    with pytest.warns(UserWarning, match="still shown"):
+        warnings.warn("still shown", UserWarning, stacklevel=1)
+
+
 def test_other_warnings_are_passed_on(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "x.png"
     _rgba(3, 3).save(path)

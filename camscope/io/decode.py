@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import stat
 import threading
 import warnings
@@ -58,10 +59,9 @@ FORMAT_EXTRA_BYTES: dict[str, int] = {"WEBP": 8, "AVIF": 2}
 # Pixels per band of the band-wise conversions (:func:`_map_tiles`).
 _TILE_PIXELS = 1 << 18
 
-# One decode at a time in the process: ``warnings.catch_warnings`` (used to turn Pillow's
-# warnings into log lines) changes process-wide state, and one decode at a time keeps memory
-# within one budget whatever the number of decoding threads (re-entrant: iter_images holds it
-# across decode + resize).
+# One decode at a time in the process: the warning filters a decode adds are process-wide, and
+# one decode at a time keeps memory within one budget whatever the number of decoding threads
+# (re-entrant: iter_images holds it across decode + resize).
 _DECODE_LOCK = threading.RLock()
 
 _PIL_DIR = os.path.dirname(os.path.abspath(Image.__file__)) + os.sep
@@ -407,30 +407,74 @@ def _decoded_rgb(image: Image.Image, display: str) -> Image.Image:
         raise InputError(display, _decode_cause(exc)) from None
 
 
+# Warnings shown by the thread that is decoding go to its list (see _install_warning_hook).
+_CAPTURE = threading.local()
+_HOOK_LOCK = threading.Lock()
+# While a decode runs: Pillow's bomb warning ignored (camscope checks its own limit), every other
+# Pillow warning shown each time (not once per place), whatever the process's filters say.
+_DECODE_FILTERS = (
+    ("ignore", None, Image.DecompressionBombWarning, None, 0),
+    ("always", None, Warning, re.compile(r"PIL(\.|$)"), 0),
+)
+
+
+def _install_warning_hook() -> None:
+    """Wrap ``warnings._showwarnmsg`` once so a decoding thread's warnings reach its own list.
+
+    Other threads are untouched (the wrapper passes their warnings on), and nothing here is
+    saved and restored, so other code's ``warnings.catch_warnings`` in other threads cannot
+    interleave with a decode and leave the process's warning state changed.
+    """
+    with _HOOK_LOCK:
+        current = getattr(warnings, "_showwarnmsg", None)
+        if current is None or getattr(current, "camscope_decode_hook", False):
+            return
+
+        def hook(msg: warnings.WarningMessage, _next: Callable = current) -> None:
+            sink = getattr(_CAPTURE, "sink", None)
+            if sink is not None and os.path.abspath(msg.filename).startswith(_PIL_DIR):
+                sink.append(msg)
+            else:
+                _next(msg)
+
+        hook.camscope_decode_hook = True  # type: ignore[attr-defined]
+        warnings._showwarnmsg = hook  # type: ignore[attr-defined]
+
+
+def _filters_changed() -> None:
+    """Invalidate the once-per-place registries, as ``warnings.filterwarnings`` does."""
+    bump = getattr(warnings, "_filters_mutated", None)
+    if bump is not None:
+        bump()
+
+
 @contextlib.contextmanager
 def _pillow_warnings(display: str) -> Iterator[None]:
     """Turn Pillow's warnings into one ``camscope`` log line each, naming the file.
 
-    Runs under :data:`_DECODE_LOCK` (``warnings.catch_warnings`` changes process-wide state).
-    ``DecompressionBombWarning`` is dropped (camscope checks its own limit first); warnings from
-    elsewhere (other threads in the meantime) are re-issued unchanged afterwards; Pillow's
-    warnings are only logged when the image decodes (a failure is its own one line).
+    Runs under :data:`_DECODE_LOCK`. Two filters are put in front of the process's filters for
+    the duration (removed by identity afterwards, from the list they were put in) and Pillow's
+    warnings shown in this thread are collected (:func:`_install_warning_hook`); they are
+    logged only when the image decodes (a failure is its own one line).
     """
-    caught: list[warnings.WarningMessage] = []
+    _install_warning_hook()
+    active = warnings.filters
+    for entry in reversed(_DECODE_FILTERS):
+        active.insert(0, entry)
+    _filters_changed()
+    _CAPTURE.sink = caught = []
     ok = False
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+        yield
         ok = True
     finally:
-        for item in caught:
-            if os.path.abspath(item.filename).startswith(_PIL_DIR):
-                if ok:
-                    _log.warning("%s: Pillow warns: %s", escape_name(display), _short(item.message))
-            else:
-                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+        _CAPTURE.sink = None
+        for entry in _DECODE_FILTERS:
+            with contextlib.suppress(ValueError):
+                active.remove(entry)
+        _filters_changed()
+        for item in caught if ok else []:
+            _log.warning("%s: Pillow warns: %s", escape_name(display), _short(item.message))
 
 
 def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
