@@ -382,13 +382,16 @@ class FullGrad(BaseCAM):
         return layer.bias.detach()  # type: ignore[union-attr]
 
     def _scaled_sum(self, t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(N, C, h, w) -> (N, H, W): per-channel min-max, resize, sum over channels."""
+        """(N, C, h, w) -> (N, H, W): per-channel min-max, resize, sum over channels.
+
+        Resizing is linear, so the channels are summed first and resized once.
+        """
         low = t.amin(dim=(2, 3), keepdim=True)
         t = t - low
-        t = t / (t.amax(dim=(2, 3), keepdim=True) + self.eps)
+        t = (t / (t.amax(dim=(2, 3), keepdim=True) + self.eps)).sum(dim=1, keepdim=True)
         if tuple(t.shape[-2:]) != size:
             t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-        return t.sum(dim=1)
+        return t[:, 0]
 
     def layer_map(self, ctx: CAMContext, eigen: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         if eigen:
