@@ -70,8 +70,9 @@ def load_input(path: str | None, mean, std, device) -> torch.Tensor:
 WARMUP = True
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median seconds of ``repeats`` calls after one warm-up call (unless ``--no-warmup``)."""
+def timed(fn, device: torch.device, repeats: int, stat=np.median) -> tuple[float, object]:
+    """``stat`` (median) seconds of ``repeats`` calls after one warm-up call (unless
+    ``--no-warmup``)."""
     out = fn() if WARMUP else None
     times = []
     for _ in range(repeats):
@@ -82,7 +83,7 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
+    return float(stat(times)), out
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,7 +121,11 @@ SLOW = {"ablationcam", "scorecam"}
 
 
 def family(args, model, module, layer_name, x, target, device) -> list[dict]:
-    """Every method pytorch-grad-cam also has: seconds, ratio, agreement, vs Grad-CAM."""
+    """Every method pytorch-grad-cam also has: seconds, ratio, agreement, vs Grad-CAM.
+
+    Times are the minimum of ``--repeats`` calls after a warm-up (the least disturbed run on a
+    shared machine), for both libraries alike; the slow pytorch-grad-cam runs once.
+    """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -133,7 +138,7 @@ def family(args, model, module, layer_name, x, target, device) -> list[dict]:
         cls_name, options = PGC_EQUIVALENTS[name]
         repeats = 1 if name in SLOW else args.repeats
         with build_cam(name, model, layer_name, **options) as cam:
-            ours_s, res = timed(lambda cam=cam: cam.explain(x, target), device, repeats)
+            ours_s, res = timed(lambda cam=cam: cam.explain(x, target), device, repeats, np.min)
 
         def theirs(cls_name=cls_name):
             with getattr(pgc, cls_name)(model=model, target_layers=[module]) as cam:
@@ -144,7 +149,7 @@ def family(args, model, module, layer_name, x, target, device) -> list[dict]:
             their_map = theirs()
             theirs_s = time.perf_counter() - start
         else:
-            theirs_s, their_map = timed(theirs, device, repeats)
+            theirs_s, their_map = timed(theirs, device, repeats, np.min)
         gradcam_s = ours_s if name == "gradcam" else gradcam_s
         same_post = pgc_postprocess(res.raw, size)[0]
         r = pearson(same_post, their_map)
