@@ -20,7 +20,16 @@ from PIL import Image
 from synthetic_runs import make_run, schema
 
 from camscope import metrics as M
-from camscope.report import GALLERY_CAP, MAX_BYTES, METRICS, RunTable, build_report
+from camscope.report import (
+    GALLERY_CAP,
+    MAX_BYTES,
+    METRICS,
+    RunTable,
+    Scalars,
+    Thresholds,
+    build_report,
+)
+from camscope.report.text import image_findings
 
 METHODS = ("gradcam", "ablationcam", "scorecam")
 SANITY = {
@@ -220,3 +229,65 @@ def test_statistics_module_is_what_the_report_uses(small):
     iv = M.proportion_interval(outcomes)
     row = _csv(out["summary.csv"])["gradcam"]
     assert float(row["increase_pct_low"]) == pytest.approx(100 * iv.low, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------- per-image prose
+
+
+def _scalars() -> Scalars:
+    """Image 0: ScoreCAM empty, G/A agree strongly. Image 1: S off-region, A spread, no truth.
+    Image 2: wrong prediction, all deletion AUCs equal."""
+
+    def vals(**kw):
+        base = {"average_drop": [0.2, 0.3, 0.4], "increase": [0, 1, 0], "empty": [0, 0, 0],
+                "deletion_auc": [0.1, 0.2, 0.3], "insertion_auc": [0.5, 0.6, 0.7],
+                "share_above_half": [0.1, 0.1, 0.1]} | kw  # fmt: skip
+        return {k: np.asarray(v, dtype=np.float64) for k, v in base.items()}
+
+    pairs_g = {
+        "pearson__ablationcam": [0.9, 0.5, 0.5],
+        "top20_iou__ablationcam": [0.8, 0.6, 0.5],
+        "pearson__scorecam": [0.0, 0.1, 0.5],
+        "top20_iou__scorecam": [0.0, 0.1, 0.5],
+    }
+    pairs_a = {"pearson__scorecam": [0.0, 0.2, 0.5], "top20_iou__scorecam": [0.0, 0.05, 0.5]}
+    values = {
+        "gradcam": vals(deletion_auc=[0.05, 0.2, 0.3], share_above_half=[0.1, 0.1, 0.2],
+                        **pairs_g),
+        "ablationcam": vals(share_above_half=[0.1, 0.45, 0.2], insertion_auc=[0.5, 0.9, 0.7],
+                            **pairs_a),
+        "scorecam": vals(empty=[1, 0, 0], share_above_half=[0.0, 0.12, 0.2]),
+    }  # fmt: skip
+    images = pa.table({
+        "key": ["a", "b", "c"], "name": ["i0", "i1", "i2"], "file": ["/x/0", "/x/1", "/x/2"],
+        "top1_index": [1, 1, 1], "top1_name": ["cat"] * 3, "top1_prob": [0.5] * 3,
+        "target_index": [1, 1, 1], "target_name": ["cat"] * 3, "truth_index": [1, None, 7],
+        "run_dir": ["r"] * 3,
+    })  # fmt: skip
+    rows = {m: np.arange(3) for m in METHODS}
+    failures = pa.table({"name": [], "file": [], "error": [], "run_dir": []})
+    return Scalars(list(METHODS), images, values, rows, failures, True)
+
+
+def test_image_findings_follow_the_numbers():
+    s, t = _scalars(), Thresholds()
+    f0 = " ".join(image_findings(s, 0, t))
+    assert "which is correct" in f0
+    assert "Empty map (no spatial variation), left out of the comparisons: ScoreCAM" in f0
+    assert "Grad-CAM and AblationCAM agree strongly (Pearson r = 0.90, top-20% IoU = 0.80)" in f0
+    assert "ScoreCAM agree" not in f0  # the empty map is not compared
+    assert "Most faithful by deletion (lowest AUC): Grad-CAM (0.050)" in f0
+    assert "spread" not in f0 and "off the region" not in f0
+    f1 = " ".join(image_findings(s, 1, t))
+    assert "ground truth is unknown" in f1
+    assert "Grad-CAM and ScoreCAM agree weakly (Pearson r = 0.10" in f1
+    assert "Grad-CAM and AblationCAM agree moderately" in f1
+    assert "The map of AblationCAM is spread: 45% of its pixels are above 0.5" in f1
+    assert "The top-20% region of ScoreCAM is off the region the others share" in f1
+    assert "Most faithful by insertion (highest AUC): AblationCAM (0.900)" in f1
+    f2 = " ".join(image_findings(s, 2, t))
+    assert "which is wrong (truth: class index 7)" in f2
+    assert "spread" not in f2 and "off the region" not in f2
+    assert "By deletion (lowest AUC) no map is clearly most faithful" in f2  # all 0.3
+    strict = " ".join(image_findings(s, 0, Thresholds(strong_agreement=0.95)))
+    assert "agree strongly" not in strict

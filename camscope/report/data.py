@@ -47,6 +47,12 @@ class Thresholds:
     """Every threshold the written analysis uses, in one place (each is stated in the report).
 
     strong_agreement / weak_agreement: Pearson r >= 0.7 is "strong", <= 0.3 "weak".
+    spread_factor / spread_min_excess: a map is "spread" when its share of pixels above 0.5 is
+        at least ``spread_factor`` times, and ``spread_min_excess`` (absolute) more than, the
+        largest share among the other non-empty maps of the image.
+    off_region_iou / shared_region_iou: a map is "off the shared region" when its top-20% IoU
+        with every other non-empty map is below ``off_region_iou`` while those others reach at
+        least ``shared_region_iou`` with each other (needs two or more others).
     sanity_threshold: pass when the mean |Spearman| after the last cascade step is below it.
     auc_margin: per image, a map is named most faithful by deletion/insertion only when its AUC
         beats every other map's by at least this much.
@@ -54,6 +60,10 @@ class Thresholds:
 
     strong_agreement: float = 0.7
     weak_agreement: float = 0.3
+    spread_factor: float = 2.0
+    spread_min_excess: float = 0.10
+    off_region_iou: float = 0.2
+    shared_region_iou: float = 0.5
     sanity_threshold: float = 0.5
     auc_margin: float = 0.01
 

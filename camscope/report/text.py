@@ -184,6 +184,10 @@ def definitions(steps: int | None, t: Thresholds) -> list[str]:
         "arXiv:1806.07421).",
         f"Agreement: Pearson r ≥ {t.strong_agreement} is strong, ≤ {t.weak_agreement} weak; "
         "top-20% IoU compares the 20% most salient pixels of two maps.",
+        f"Spread: a map's share of pixels above 0.5 is ≥ {t.spread_factor}× and at least "
+        f"{num(100 * t.spread_min_excess, 0)} points more than every other non-empty map's.",
+        f"Off the shared region: top-20% IoU < {t.off_region_iou} with every other non-empty "
+        f"map while those reach ≥ {t.shared_region_iou} with each other.",
         f"Most faithful per image: named only when its AUC beats every other map's by at least "
         f"{t.auc_margin}.",
         "Sanity check (Adebayo et al., NeurIPS 2018, arXiv:1810.03292): blocks re-initialised "
@@ -206,9 +210,7 @@ def _pair(s: Scalars, a: str, b: str, key: str, i: int) -> float:
     return math.nan if v is None else float(v[i])
 
 
-def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
-    """Sentences about image ``i``: prediction, empty maps, agreement, most faithful map."""
-    img = s.images.slice(i, 1).to_pylist()[0]
+def _prediction(img: dict) -> list[str]:
     out = [f"The model predicts {img['top1_name']} (p = {num(img['top1_prob'], 3)})"]
     truth = img.get("truth_index")
     if truth is None:
@@ -219,18 +221,38 @@ def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
         out[0] += f", which is wrong (truth: class index {truth})."
     if img["target_index"] != img["top1_index"]:
         out.append(f"The maps explain class {img['target_name']}, not the top-1 prediction.")
-    present = [m for m in s.methods if s.rows[m][i] >= 0]
-    empty = [m for m in present if s.values[m]["empty"][i] > 0]
-    if empty:
-        out.append(f"Empty map (no spatial variation): {join([label(m) for m in empty])}.")
-    live = [m for m in present if m not in empty]
-    for a, b in itertools.combinations(live, 2):
-        r, iou = _pair(s, a, b, "pearson", i), _pair(s, a, b, "top20_iou", i)
-        if math.isfinite(r):
+    return out
+
+
+def _shape_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[str]:
+    """Spread maps and maps off the region the others share (see `Thresholds`)."""
+    out = []
+    share = {m: float(s.values[m]["share_above_half"][i]) for m in live}
+    for m in live:
+        others = [share[o] for o in live if o != m]
+        top = max(others, default=math.nan)
+        if others and share[m] >= t.spread_factor * top and share[m] - top >= t.spread_min_excess:
             out.append(
-                f"{label(a)} and {label(b)} {_agreement_word(r, t)} (Pearson r = {num(r, 2)}, "
-                f"top-20% IoU = {num(iou, 2)})."
+                f"The map of {label(m)} is spread: {num(100 * share[m], 0)}% of its pixels are "
+                f"above 0.5, against at most {num(100 * top, 0)}% for the others."
             )
+    for m in live:
+        others = [o for o in live if o != m]
+        if len(others) < 2:
+            continue
+        own = [_pair(s, m, o, "top20_iou", i) for o in others]
+        shared = [_pair(s, a, b, "top20_iou", i) for a, b in itertools.combinations(others, 2)]
+        if max(own) < t.off_region_iou and min(shared) >= t.shared_region_iou:
+            out.append(
+                f"The top-20% region of {label(m)} is off the region the others share: its IoU "
+                f"with them is at most {num(max(own), 2)}, while they reach at least "
+                f"{num(min(shared), 2)} with each other."
+            )
+    return out
+
+
+def _faithful_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[str]:
+    out = []
     for key, word, pick in (
         ("deletion_auc", "deletion (lowest AUC)", np.argmin),
         ("insertion_auc", "insertion (highest AUC)", np.argmax),
@@ -245,3 +267,25 @@ def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
         else:
             out.append(f"By {word} no map is clearly most faithful (within {t.auc_margin}).")
     return out
+
+
+def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
+    """Sentences about image ``i``: prediction, empty maps, agreement, spread and off-region
+    maps, most faithful map. Empty maps are left out of the comparisons and said to be."""
+    out = _prediction(s.images.slice(i, 1).to_pylist()[0])
+    present = [m for m in s.methods if s.rows[m][i] >= 0]
+    empty = [m for m in present if s.values[m]["empty"][i] > 0]
+    if empty:
+        out.append(
+            f"Empty map (no spatial variation), left out of the comparisons: "
+            f"{join([label(m) for m in empty])}."
+        )
+    live = [m for m in present if m not in empty]
+    for a, b in itertools.combinations(live, 2):
+        r, iou = _pair(s, a, b, "pearson", i), _pair(s, a, b, "top20_iou", i)
+        if math.isfinite(r):
+            out.append(
+                f"{label(a)} and {label(b)} {_agreement_word(r, t)} (Pearson r = {num(r, 2)}, "
+                f"top-20% IoU = {num(iou, 2)})."
+            )
+    return out + _shape_findings(s, i, live, t) + _faithful_findings(s, i, live, t)
