@@ -104,40 +104,16 @@ def _cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def write_metrics_csv(run_dir: Path) -> Path:
+def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
     """metrics.csv: one row per image x method with its metrics and agreement values."""
-    base = [
-        "file",
-        "method",
-        "target_index",
-        "target_name",
-        "top1_index",
-        "truth_index",
-        "empty",
-        "share_above_half",
-        *METRIC_CSV,
-    ]
-    table = results.read_table([run_dir], columns=base)
-    pairs = results.metric_columns(
-        results.read_table(
-            [run_dir],
-            columns=[
-                f"{p}{m}"
-                for p in results.PAIR_PREFIXES
-                for m in results.read_run(run_dir)["settings"]["methods"]
-            ],
-        )
-    )
+    base = ["file", "method", "target_index", "target_name", "top1_index", "truth_index",
+            "empty", "share_above_half", *METRIC_CSV]  # fmt: skip
+    pairs = [f"{p}{m}" for p in results.PAIR_PREFIXES for m in methods]
     table = results.read_table([run_dir], columns=[*base, *pairs])
     cols = _columns(table, table.column_names)
-    header = ["name", *base, *pairs]
-    order = sorted(
-        (n, m, i)
-        for i, (n, m, s) in enumerate(
-            zip(cols["name"], cols["method"], cols["status"], strict=True)
-        )
-        if s == "ok"
-    )
+    header = ["name", *base, *[c for c in pairs if c in cols]]
+    ok = zip(cols["name"], cols["method"], cols["status"], strict=True)
+    order = sorted((n, m, i) for i, (n, m, s) in enumerate(ok) if s == "ok")
     rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for _, _, i in order]
     path = run_dir / "metrics.csv"
     write_csv(path, header, rows)
@@ -249,6 +225,8 @@ def finalize(
     metrics and was not interrupted), then run.json with ``record`` and ``state``."""
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
+    path = run_dir / results.RESULTS
+    _attempt(out, "results", path, lambda: results.compact(run_dir))
     _attempt(
         out,
         "predictions.csv",
@@ -256,7 +234,12 @@ def finalize(
         lambda: write_predictions(run_dir, ctx.loaded.categories),
     )
     if ctx.config.metrics and state == "complete":
-        _attempt(out, "metrics.csv", run_dir / "metrics.csv", lambda: write_metrics_csv(run_dir))
+        _attempt(
+            out,
+            "metrics.csv",
+            run_dir / "metrics.csv",
+            lambda: write_metrics_csv(run_dir, ctx.methods),
+        )
         if ctx.config.sanity_images:
             path = run_dir / results.SANITY
             _attempt(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from camscope.io import atomic_open, escape_name, unescape_name
 __all__ = [
     "DERIVED_FILES",
     "RunFolderError",
+    "compact",
     "done_keys",
     "iter_table",
     "escape_path",
@@ -261,6 +263,34 @@ def iter_table(
                 part = part.append_column("run_dir", pa.array([str(run_dir)] * len(part)))
                 yield part.select([c for c in [*wanted, "run_dir"] if c in part.column_names])
             offset += len(ident)
+
+
+def compact(run_dir: str | Path, min_parts: int = 16, rows_per_part: int = 20_000) -> list[Path]:
+    """Merge the folder's part files (de-duplicated) into few, when there are ``min_parts``.
+
+    The merged parts (``rows_per_part`` rows each, so `iter_table` stays bounded) are written
+    atomically before the others are deleted, and they are the newest, so a process killed in
+    between leaves duplicates that reading resolves the same way. Only call it when no writer is
+    active (the end of a run, evaluation). Large runs (a part per batch) then read back in a few
+    files: resume and the report stay fast.
+    """
+    import pyarrow.parquet as pq
+
+    parts = part_files(run_dir)
+    if len(parts) < min_parts:
+        return []
+    table = read_table([run_dir]).drop_columns(["run_dir"])
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid():x}-compact"
+    merged = []
+    for seq, start in enumerate(range(0, max(len(table), 1), rows_per_part)):
+        path = Path(run_dir) / RESULTS / f"part-{stamp}-{seq:06d}.parquet"
+        with atomic_open(path, "wb") as fh:
+            pq.write_table(table.slice(start, rows_per_part), fh, compression="zstd")
+        merged.append(path)
+    for part in parts:
+        if part not in merged:
+            part.unlink(missing_ok=True)
+    return merged
 
 
 def metric_columns(table: Any) -> list[str]:
