@@ -210,12 +210,9 @@ def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> No
 
 def build_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
     """The report of one or several run folders (`camscope.report.build_report`)."""
-    import camscope.report as report
+    from camscope.report import build_report as build
 
-    builder = getattr(report, "build_report", None)
-    if builder is None:
-        from camscope.run._legacy_report import build_report as builder
-    return builder(run_dirs, out_dir)
+    return build(run_dirs, out_dir)
 
 
 def finalize(
