@@ -137,3 +137,13 @@ def test_inputs_given_inside_the_run_folder_are_taken(tmp_path):
     assert run_local(_config(run_dir / "inputs", run_dir, methods=("gradcam",))).n_explained == 2
     again = run_local(_config(run_dir / "inputs", run_dir, methods=("gradcam",)))
     assert again.n_total == 2 and again.n_done_before == 2  # DIR/gradcam/*.png are not inputs
+
+
+def test_rerun_over_a_finished_run_does_no_work(full_run):
+    root, _ = full_run
+    out = root / "full"
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "report.html", out / "grid.png")}
+    again = run_local(_config(root / "in", out, metrics=True, steps=4))
+    assert again.state == "complete" and again.n_explained == 0 and again.n_done_before == 5
+    assert {p: (out / p).stat().st_mtime_ns for p in before} == before  # report kept
+    assert json.loads((out / "run.json").read_text())["state"] == "complete"

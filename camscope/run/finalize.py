@@ -35,6 +35,7 @@ class Finalized:
 
     files: dict[str, Path] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    state: str = "complete"
 
 
 def _columns(table: Any, names: list[str]) -> dict[str, list[Any]]:
@@ -106,8 +107,17 @@ def _cell(value: Any) -> Any:
 
 def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
     """metrics.csv: one row per image x method with its metrics and agreement values."""
-    base = ["file", "method", "target_index", "target_name", "top1_index", "truth_index",
-            "empty", "share_above_half", *METRIC_CSV]  # fmt: skip
+    base = [
+        "file",
+        "method",
+        "target_index",
+        "target_name",
+        "top1_index",
+        "truth_index",
+        "empty",
+        "share_above_half",
+        *METRIC_CSV,
+    ]
     pairs = [f"{p}{m}" for p in results.PAIR_PREFIXES for m in methods]
     table = results.read_table([run_dir], columns=[*base, *pairs])
     cols = _columns(table, table.column_names)
@@ -182,10 +192,16 @@ def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[di
         for k, step in enumerate(sanity_check(ctx.loaded.model, explain, x, targets), 1):
             empty = [False] * len(names) if step.empty is None else step.empty.tolist()
             rows += [
-                {"method": method, "step": k, "block": step.block, "image": name,
-                 "spearman": float(step.spearman[j]), "empty_randomised": bool(empty[j])}
+                {
+                    "method": method,
+                    "step": k,
+                    "block": step.block,
+                    "image": name,
+                    "spearman": float(step.spearman[j]),
+                    "empty_randomised": bool(empty[j]),
+                }
                 for j, name in enumerate(names)
-            ]  # fmt: skip
+            ]
         log.info(
             "sanity check: %s on %d image(s) (%.1f s)",
             method,
@@ -216,18 +232,28 @@ def build_report(run_dirs: list[Path], out_dir: Path) -> dict[str, Path]:
 
 
 def finalize(
-    ctx: RunContext, record: dict[str, Any], *, state: str, stop: threading.Event | None = None
+    ctx: RunContext,
+    record: dict[str, Any],
+    *,
+    state: str,
+    stop: threading.Event | None = None,
+    changed: bool = True,
 ) -> Finalized:
     """Write predictions.csv, metrics.csv, sanity.parquet and the report (when the run has
-    metrics and was not interrupted), then run.json with ``record`` and ``state``."""
+    metrics and was not interrupted), then run.json with ``record`` and ``state``.
+
+    ``changed`` False (a resumed run that found nothing to do) keeps an existing sanity check
+    and report instead of computing them again. A Ctrl-C (``stop``) during the sanity check
+    makes the state ``interrupted``, without a report.
+    """
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
-    path = run_dir / results.RESULTS
-    _attempt(out, "results", path, lambda: results.compact(run_dir))
+    _attempt(out, "results", run_dir / results.RESULTS, lambda: results.compact(run_dir))
+    predictions = run_dir / "predictions.csv"
     _attempt(
         out,
         "predictions.csv",
-        run_dir / "predictions.csv",
+        predictions,
         lambda: write_predictions(run_dir, ctx.loaded.categories),
     )
     if ctx.config.metrics and state == "complete":
@@ -237,20 +263,24 @@ def finalize(
             run_dir / "metrics.csv",
             lambda: write_metrics_csv(run_dir, ctx.methods),
         )
-        if ctx.config.sanity_images:
-            path = run_dir / results.SANITY
+        sanity = run_dir / results.SANITY
+        if ctx.config.sanity_images and (changed or not sanity.is_file()):
             _attempt(
                 out,
                 results.SANITY,
-                path,
+                sanity,
                 lambda: results.write_sanity(run_dir, sanity_rows(ctx, stop)),
             )
-        _attempt(
-            out,
-            "report.html",
-            run_dir / "report.html",
-            lambda: out.files.update(build_report([run_dir], run_dir)),
-        )
+        if stop is not None and stop.is_set():
+            state = "interrupted"
+        elif changed or not (run_dir / "report.html").is_file():
+            _attempt(
+                out,
+                "report.html",
+                run_dir / "report.html",
+                lambda: out.files.update(build_report([run_dir], run_dir)),
+            )
+    out.state = state
     record = {**record, "state": state}
     record.setdefault("seconds", {})["finalize"] = round(time.perf_counter() - started, 2)
     record["problems"] = list(record.get("problems", [])) + out.problems

@@ -159,10 +159,11 @@ def run_local(
             counts=_counts(todo, writer),
             problems=list(writer.problems),
         )
-        final = finalize(ctx, record, state=state, stop=stop)
+        changed = bool(writer.n_ok) or not record["resumed"]
+        final = finalize(ctx, record, state=state, stop=stop, changed=changed)
     return RunResult(
         ctx.out_dir,
-        state,
+        final.state,
         todo.n_total,
         todo.n_done,
         writer.n_ok,
