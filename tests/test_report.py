@@ -291,3 +291,24 @@ def test_image_findings_follow_the_numbers():
     assert "By deletion (lowest AUC) no map is clearly most faithful" in f2  # all 0.3
     strict = " ".join(image_findings(s, 0, Thresholds(strong_agreement=0.95)))
     assert "agree strongly" not in strict
+
+
+def test_browser_probe_detects_a_broken_image(tmp_path):
+    """The harness itself works: an undecodable image and a blocked external one are caught."""
+    from html_browser import chromium
+
+    from camscope.report import CSP
+
+    if chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium); HTML not rendered")
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}"><title>x</title></head>'
+        '<body><img alt="junk" src="data:image/png;base64,AAAA">'
+        '<img alt="external" src="https://example.invalid/x.png"></body></html>',
+        encoding="utf-8",
+    )
+    result = browser_check(page, tmp_path)
+    assert sorted(result["broken"]) == ["external", "junk"]
+    assert any("CSP" in e for e in result["errors"])
