@@ -117,4 +117,8 @@ def make_run(
     run = {"state": "complete", "settings": {"model": "synthetic", "layer": "layer4",
            "methods": methods, "steps": steps}, "settings_hash": "abc"}  # fmt: skip
     (folder / "run.json").write_text(json.dumps(run))
+    if metrics:  # as the run's end writes it
+        from camscope.run.finalize import write_metrics_csv
+
+        write_metrics_csv(folder, methods)
     return folder

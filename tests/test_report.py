@@ -312,3 +312,9 @@ def test_browser_probe_detects_a_broken_image(tmp_path):
     result = browser_check(page, tmp_path)
     assert sorted(result["broken"]) == ["external", "junk"]
     assert any("CSP" in e for e in result["errors"])
+
+
+def test_links_only_to_files_that_exist(tmp_path):
+    run = make_run(tmp_path / "run", 3, methods=("gradcam",), metrics=False)
+    page = _parse(build_report([run], run, resamples=200)["report.html"])
+    assert page.links == ["results"]

@@ -127,10 +127,13 @@ def _analysis(s: Scalars, summary: Summary) -> list[str]:
 
 
 def _links(out_dir: Path, dirs: Sequence[Path]) -> list[tuple[str, str]]:
+    """Relative links to each folder's metrics.csv (when written) and results table."""
     links = []
     for d in dirs:
         for name in ("metrics.csv", "results"):
             target = d / name
+            if not target.exists():
+                continue
             rel = Path(os.path.relpath(target, out_dir)).as_posix()
             links.append((f"{d.name}/{name}" if len(dirs) > 1 else name, rel))
     return links
