@@ -324,3 +324,27 @@ def test_unique_names_fit_the_name_limit(tmp_path: Path) -> None:
     assert all(len(n) <= 40 for n in small) and len({n.lower() for n in small}) == len(paths)
     with pytest.raises(ValueError):
         unique_names(paths, max_length=3)
+
+
+@pytest.mark.parametrize("where", ["open", "replace"])
+def test_write_errors_name_the_destination(tmp_path: Path, monkeypatch, where: str) -> None:
+    target = tmp_path / "run.json"
+    real_open = os.open
+
+    def full_open(path, *args, **kwargs):
+        if Path(path).name.startswith(TEMP_PREFIX):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    def full_replace(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(src), os.fspath(dst))
+
+    monkeypatch.setattr(
+        os, "open" if where == "open" else "replace", full_open if where == "open" else full_replace
+    )
+    with pytest.raises(OSError) as info:
+        write_json(target, {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == os.fspath(target)
+    assert str(info.value) == f"[Errno 28] No space left on device: '{target}'"
+    monkeypatch.setattr(os, "open", real_open)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind

@@ -116,6 +116,21 @@ def _writable(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _naming(exc: OSError, target: Path) -> OSError:
+    """*exc* re-made to name *target* when it names the temporary file or nothing.
+
+    Errors about a parent folder keep naming that folder (it is what is wrong).
+    """
+    named = exc.filename
+    temporary = named is not None and os.path.basename(os.fsdecode(named)).startswith(TEMP_PREFIX)
+    if exc.errno is None or (named is not None and not temporary):
+        return exc
+    try:
+        return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(target))
+    except Exception:  # noqa: BLE001 - an OSError subclass with another signature: keep it
+        return exc
+
+
 @contextlib.contextmanager
 def atomic_open(
     path: str | Path, mode: str = "wb", *, encoding: str | None = None, newline: str | None = None
@@ -133,11 +148,28 @@ def atomic_open(
         encoding, newline: for text mode (``encoding`` defaults to UTF-8).
 
     Raises:
-        OSError: when the folder cannot be created or written; nothing is left behind.
+        OSError: when the folder cannot be created or written (disk full, read-only, a folder
+            in the way...); its ``filename`` is *path* (never the temporary name), so
+            ``str(err)`` names the file the caller meant; nothing is left behind.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     target = Path(path)
+    try:
+        with _atomic_file(target, mode, encoding, newline) as fh:
+            yield fh
+    except OSError as exc:
+        renamed = _naming(exc, target)
+        if renamed is exc:
+            raise
+        raise renamed from exc
+
+
+@contextlib.contextmanager
+def _atomic_file(
+    target: Path, mode: str, encoding: str | None, newline: str | None
+) -> Iterator[IO[Any]]:
+    """The temporary file of :func:`atomic_open`, removed on failure, renamed on success."""
     target.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
