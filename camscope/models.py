@@ -739,7 +739,11 @@ def default_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)) ->
 
 def _valid_choices(model: nn.Module, size: tuple[int, int], limit: int = 6) -> str:
     try:
-        usable = [p.name for p in probe_layers(model, size) if p.usable]
+        usable = [
+            p.name
+            for p in probe_layers(model, size)
+            if p.usable and p.type != "Identity" and "Drop" not in p.type
+        ]
         default = default_layer(model, size)
     except Exception as exc:  # noqa: BLE001 - the error message must still come out
         return f"(could not list the valid layers: {one_line(exc)})"
