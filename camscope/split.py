@@ -19,6 +19,8 @@ leaks into the caller's model.
 
 from __future__ import annotations
 
+import inspect
+import operator
 import sys
 from collections.abc import Sequence
 
@@ -72,6 +74,75 @@ class _LeafTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+def _default_args(model: nn.Module) -> dict[str, object] | None:
+    """The forward's optional arguments after the image, fixed to their defaults for tracing.
+
+    timm's ``forward(x, attn_mask=None, ...)`` would otherwise trace them as inputs that the
+    tail reads from the head.
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    fixed = {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return fixed or None
+
+
+_SHAPE_ATTRS = frozenset({"shape", "ndim", "dtype", "device"})
+
+
+def _is_shape(node: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()`` and items of them: cheap, recomputed in the tail."""
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRS
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target in (operator.getitem, len):
+        return isinstance(node.args[0], fx.Node) and _is_shape(node.args[0])
+    return False
+
+
+def _tail_inputs(
+    graph: fx.Graph, target: fx.Node, tail_nodes: set[fx.Node]
+) -> tuple[set[fx.Node], list[fx.Node]]:
+    """What the tail needs besides the layer's output: ``(recomputed, external)``.
+
+    External values are computed by the head and cached per image. Two kinds are recomputed in
+    the tail instead, since caching them would tie the tail to the original batch: values that
+    do not depend on the input at all (Swin's relative position bias, built from parameters)
+    and shapes (``B, H, W, C = x.shape``: from the cached ``x``, expanded to the new batch,
+    they give the new batch size). Values the model returns without the layer (an auxiliary
+    output) are external too: the head computes them, the tail passes them on.
+    """
+    from_input: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "placeholder" or any(a in from_input for a in node.all_input_nodes):
+            from_input.add(node)
+    recomputed: set[fx.Node] = set()
+    external: list[fx.Node] = []
+
+    def need(arg: fx.Node) -> None:
+        if arg in tail_nodes or arg in recomputed or arg in external or arg.op == "get_attr":
+            return
+        if arg not in from_input or _is_shape(arg):
+            recomputed.add(arg)
+            for source in arg.all_input_nodes:
+                need(source)
+        else:
+            external.append(arg)
+
+    for node in graph.nodes:
+        if (node in tail_nodes and node is not target) or node.op == "output":
+            for arg in node.all_input_nodes:
+                need(arg)
+    return recomputed, external
+
+
 class FxSplit(FeatureRunner):
     """Head/tail split of a torch.fx-traceable model at ``layer`` (a canonical dotted name)."""
 
@@ -80,7 +151,7 @@ class FxSplit(FeatureRunner):
     def __init__(self, model: nn.Module, layer: str) -> None:
         tracer = _LeafTracer(layer)
         try:
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=_default_args(model))
         except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot split"
             raise SplitError(
                 f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
@@ -97,14 +168,7 @@ class FxSplit(FeatureRunner):
                 tail_nodes.add(node)
         if not any(a in tail_nodes for a in output.all_input_nodes):
             raise SplitError(f"the model's output does not depend on layer {layer}")
-        external: list[fx.Node] = []
-        for node in graph.nodes:
-            # the output node too: a model may also return values the layer does not feed
-            # (an auxiliary output in a dict): the head computes them, the tail passes them on
-            if (node in tail_nodes and node is not target) or node.op == "output":
-                for arg in node.all_input_nodes:
-                    if arg not in tail_nodes and arg not in external and arg.op != "get_attr":
-                        external.append(arg)
+        recomputed, external = _tail_inputs(graph, target, tail_nodes)
 
         # Head: everything that does not depend on the layer, plus the layer itself.
         head = fx.Graph()
@@ -122,7 +186,7 @@ class FxSplit(FeatureRunner):
             tenv[node] = tail.placeholder(f"cached_{i}")
         for node in graph.nodes:
             in_tail = node in tail_nodes and node is not target and node.op != "output"
-            if in_tail or node.op == "get_attr":
+            if in_tail or node in recomputed or node.op == "get_attr":
                 tenv[node] = tail.node_copy(node, lambda n: tenv[n])
         tail.output(fx.graph.map_arg(output.args[0], lambda n: tenv[n]))
 

@@ -365,3 +365,19 @@ def test_probe_layers_removes_hooks(vit):
     probes = probe_layers(vit)
     assert not any(m._forward_hooks for m in vit.modules())
     assert {p.name for p in probes} == {n for n, _ in vit.named_modules() if n}
+
+
+@pytest.mark.parametrize("which", ["vit", "swin"])
+def test_default_layer_splits_exactly(which, vit, swin, images):
+    """torch.fx splits ViT and Swin at their default layers: no whole-network re-runs."""
+    from camscope.split import FxSplit
+
+    model = vit if which == "vit" else swin
+    runner = FxSplit(model, default_layer(model))
+    with torch.no_grad():
+        activations, cache = runner.features(images)
+        reference = model(images)
+        assert torch.allclose(runner.classify(activations, cache), reference, atol=1e-5)
+        many = activations[1:2].expand(3, *activations.shape[1:])
+        out = runner.classify(many, runner.expand_cache(cache, 1, 3))
+    assert torch.allclose(out, reference[1:2].expand(3, -1), atol=1e-5)
