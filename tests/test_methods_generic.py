@@ -261,3 +261,62 @@ def test_models_returning_dicts_and_tuples(name, inputs):
     assert (build_cam(name, wrapped, "act2", **opts)(inputs) - expected).abs().max() <= 1e-6
     picked = build_cam(name, wrapped, "act2", output="logits", **opts)(inputs)
     assert (picked - expected).abs().max() <= 1e-6
+
+
+class SegNet(nn.Module):
+    """A fully convolutional toy segmenter: (N, 3, H, W) -> (N, K, H, W) class scores."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+def test_segmentation_target_sum_of_class_scores_over_a_mask(inputs):
+    from camscope.methods import GradCAM, SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    model = SegNet().double().eval()
+    mask = torch.zeros(16, 16, dtype=torch.float64)
+    mask[4:9, 2:12] = 1
+    targets = [SemanticSegmentationTarget(2, mask)] * len(inputs)
+    result = GradCAM(model, "act").explain(inputs, targets)
+    acts = torch.relu(model.conv(inputs)).detach().requires_grad_(True)
+    score = (model.head(acts)[:, 2] * mask).sum()
+    (grads,) = torch.autograd.grad(score, acts)
+    raw = torch.relu((grads.mean(dim=(2, 3))[:, :, None, None] * acts.detach()).sum(1))
+    assert (result.raw.double() - raw).abs().max() <= 1e-6 * max(1.0, float(raw.abs().max()))
+    assert result.targets.tolist() == [2, 2, 2] and result.logits.shape == (3, 4, 16, 16)
+    with pytest.raises(ValueError, match="give targets"):
+        GradCAM(model, "act").explain(inputs)  # no top-1 class of a segmentation output
+
+
+def test_methods_command_and_cli_usage_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from camscope.cli import main
+
+    listing = CliRunner().invoke(main, ["methods"])
+    assert listing.exit_code == 0
+    lines = listing.output.splitlines()
+    assert lines[0].split()[:4] == ["name", "family", "label", "cost"]
+    for spec in SPECS:
+        row = next(line for line in lines if line.split()[0] == spec.name)
+        assert spec.family in row and spec.label in row and spec.paper in row
+    (tmp_path / "a.png").write_bytes(b"not decoded before the usage checks")
+    base = ["run", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--random-weights"]
+    for extra, message in [
+        (
+            ["--methods", "gradcam", "--rise-masks", "5"],
+            "--rise-masks (rise_masks) applies to rise",
+        ),
+        (["--methods", "gradcam,nope"], "unknown method 'nope'; choose from gradcam"),
+        (["--methods", "rise", "--rise-masks", "0"], "--rise-masks: must be >= 1"),
+    ]:
+        result = CliRunner().invoke(main, base + extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
