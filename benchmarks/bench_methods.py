@@ -120,11 +120,32 @@ PGC_EQUIVALENTS = {
 SLOW = {"ablationcam", "scorecam"}
 
 
+def timed_interleaved(fns, device: torch.device, repeats: int) -> list[tuple[float, object]]:
+    """Minimum seconds of each function over ``repeats`` rounds that call them in turn.
+
+    One warm-up round first. Interleaving puts every function under the same machine load,
+    which on a shared CPU drifts by more than the differences measured.
+    """
+    outs = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            outs[k] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - start)
+    return [(min(t), o) for t, o in zip(times, outs, strict=True)]
+
+
 def family(args, model, module, layer_name, x, target, device) -> list[dict]:
     """Every method pytorch-grad-cam also has: seconds, ratio, agreement, vs Grad-CAM.
 
-    Times are the minimum of ``--repeats`` calls after a warm-up (the least disturbed run on a
-    shared machine), for both libraries alike; the slow pytorch-grad-cam runs once.
+    camscope, pytorch-grad-cam and (for gradient methods) camscope's Grad-CAM are called in
+    turn, ``--repeats`` rounds after a warm-up, and each gets its minimum (the least disturbed
+    run on a shared machine). The slow pytorch-grad-cam runs (AblationCAM, ScoreCAM) run once.
     """
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -133,40 +154,48 @@ def family(args, model, module, layer_name, x, target, device) -> list[dict]:
     names = [n for n in PGC_EQUIVALENTS if n in METHODS]
     if args.methods:
         names = [n for n in names if n in args.methods.split(",")]
-    rows, gradcam_s = [], None
-    for name in names:
-        cls_name, options = PGC_EQUIVALENTS[name]
-        repeats = 1 if name in SLOW else args.repeats
-        with build_cam(name, model, layer_name, **options) as cam:
-            ours_s, res = timed(lambda cam=cam: cam.explain(x, target), device, repeats, np.min)
+    rows = []
+    with build_cam("gradcam", model, layer_name) as gradcam:
+        for name in names:
+            rows.append(_family_row(args, pgc, ClassifierOutputTarget, name, model, module,
+                                    layer_name, x, target, device, gradcam, size))  # fmt: skip
+            print(json.dumps(rows[-1]))
+            sys.stdout.flush()
+    return rows
 
-        def theirs(cls_name=cls_name):
-            with getattr(pgc, cls_name)(model=model, target_layers=[module]) as cam:
-                return cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])[0]
 
+def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, target, device,
+                gradcam, size) -> dict:  # fmt: skip
+    cls_name, options = PGC_EQUIVALENTS[name]
+    gradient = METHODS[name].family == "gradient"
+
+    def theirs():
+        with getattr(pgc, cls_name)(model=model, target_layers=[module]) as cam:
+            return cam(input_tensor=x, targets=[target_cls(target)])[0]
+
+    with build_cam(name, model, layer_name, **options) as cam:
+        ours = lambda: cam.explain(x, target)  # noqa: E731
         if name in SLOW:
+            ((ours_s, res),) = timed_interleaved([ours], device, 1)
             start = time.perf_counter()
             their_map = theirs()
-            theirs_s = time.perf_counter() - start
+            theirs_s, gradcam_s = time.perf_counter() - start, None
         else:
-            theirs_s, their_map = timed(theirs, device, repeats, np.min)
-        gradcam_s = ours_s if name == "gradcam" else gradcam_s
-        same_post = pgc_postprocess(res.raw, size)[0]
-        r = pearson(same_post, their_map)
-        row = {
-            "model": args.model, "layer": layer_name, "method": name,
-            "family": METHODS[name].family, "camscope_s": ours_s, "pgc_s": theirs_s,
-            "ratio_camscope_over_pgc": ours_s / theirs_s,
-            "vs_camscope_gradcam": (ours_s / gradcam_s)
-            if gradcam_s and METHODS[name].family == "gradient" else None,
-            "pearson_same_postprocessing": r,
-            "note": "sign free (SVD)" if name.startswith("eigen") else
-            ("random weights differ" if name == "random" else ""),
-        }  # fmt: skip
-        rows.append(row)
-        print(json.dumps(row))
-        sys.stdout.flush()
-    return rows
+            fns = [ours, theirs] + ([lambda: gradcam.explain(x, target)] if gradient else [])
+            timings = timed_interleaved(fns, device, args.repeats)
+            (ours_s, res), (theirs_s, their_map) = timings[:2]
+            gradcam_s = timings[2][0] if gradient else None
+    r = pearson(pgc_postprocess(res.raw, size)[0], their_map)
+    return {
+        "model": args.model, "layer": layer_name, "method": name,
+        "family": METHODS[name].family, "camscope_s": ours_s, "pgc_s": theirs_s,
+        "ratio_camscope_over_pgc": ours_s / theirs_s,
+        "gradcam_s": gradcam_s,
+        "vs_camscope_gradcam": ours_s / gradcam_s if gradcam_s else None,
+        "pearson_same_postprocessing": r,
+        "note": "sign free (SVD)" if name.startswith("eigen") else
+        ("random weights differ" if name == "random" else ""),
+    }  # fmt: skip
 
 
 def main() -> None:
