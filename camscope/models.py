@@ -11,8 +11,9 @@
 * any other timm classifier, with timm's pretrained weights when they can be had.
 
 With no name, the default is ResNet-50 when its weights are cached or can be downloaded and the
-bundled EfficientNet-Lite0 otherwise; that substitution is said on stderr and recorded in
-``LoadedModel.notes`` (and so in the run's metadata). An explicit ``resnet50`` never falls back.
+bundled EfficientNet-Lite0 otherwise; that substitution is logged (``camscope`` logger) and
+recorded in ``LoadedModel.notes`` (and so in the run's metadata). An explicit ``resnet50``
+never falls back.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class LoadedModel:
         weights_file: the local weights file given by the user, if any.
         weights_tag: torchvision weights tag (e.g. ``"IMAGENET1K_V1"``), if any.
         input_size: (height, width) that images are resized to.
-        notes: substitutions and warnings already printed on stderr, for the run's metadata.
+        notes: substitutions and warnings already logged, for the run's metadata.
     """
 
     model: nn.Module
@@ -361,7 +362,7 @@ def load_model(
     Args:
         name: ``"resnet50"``, ``"efficientnet_lite0"``, any torchvision or timm classifier name,
             or None for the default (ResNet-50, else the bundled EfficientNet-Lite0 with a
-            warning on stderr that is also recorded in ``notes``).
+            warning on the ``camscope`` logger that is also recorded in ``notes``).
         weights: a local state dict (``.pth``/``.pt``/``.safetensors``) to use instead of
             downloading.
         weights_tag: torchvision weights tag (default ``IMAGENET1K_V1`` for ResNet-50).

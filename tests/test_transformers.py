@@ -312,30 +312,38 @@ def test_vit_default_layer_map_is_not_stripes(vit, images):
         assert cam.std(dim=1).mean() > 1e-3 * cam.max()  # and across the columns
 
 
-def _camscope_gradcam_with_views():
-    """camscope's GradCAM, if its BaseCAM already reads layers through views (issue 9 part 1)."""
+@pytest.mark.parametrize(
+    "which, method",
+    [
+        ("vit", "GradCAM"),
+        ("swin", "GradCAM"),
+        ("vit", "GradCAMPlusPlus"),
+        ("vit", "XGradCAM"),
+        ("vit", "LayerCAM"),
+        ("swin", "GradCAMPlusPlus"),
+    ],
+)
+def test_camscope_matches_pytorch_grad_cam(which, method, vit, swin, images):
+    """camscope reads the layer itself; pytorch-grad-cam is given its reshape transforms."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     from camscope import methods
 
-    if not hasattr(methods, "base"):
-        pytest.skip("needs camscope.methods.base (BaseCAM with spatial views): not on main yet")
-    return methods.GradCAM
-
-
-@pytest.mark.parametrize("which", ["vit", "swin"])
-def test_camscope_gradcam_matches_pytorch_grad_cam(which, vit, swin, images):
-    pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
-    grad_cam = _camscope_gradcam_with_views()
     model = vit if which == "vit" else swin
     transform = _vit_transform() if which == "vit" else _swin_transform()
     layer = model.blocks[-1].norm1 if which == "vit" else model.layers[-1].blocks[-1].norm1
     targets = [3, 817]
-    result = grad_cam(model, target_layers=[layer]).explain(images, targets)
-    theirs = _pgc_gradcam(model, layer, transform, images, targets)
+    result = getattr(methods, method)(model, target_layers=[layer]).explain(images, targets)
+    with getattr(pgc, method)(
+        model=model, target_layers=[layer], reshape_transform=transform
+    ) as cam:
+        theirs = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
     ours = scale_cam_image(result.raw.double().numpy(), (224, 224))
     for n in range(len(targets)):
         assert _pearson(ours[n], theirs[n]) >= 0.9999
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 # --------------------------------------------------------------------------------------------
