@@ -251,7 +251,8 @@ _run_options = [
     click.option(
         "--target",
         default=None,
-        help="Class index or name for every image (default: top-1 prediction).",
+        help="top1 (default: each image's top-1 prediction), truth (its true class, from an "
+        "ImageNet wnid in the file name or --labels), or a class index or name for every image.",
     ),
     click.option(
         "--device",

@@ -32,7 +32,13 @@ import torch
 
 from camscope.io import DEFAULT_MAX_PIXELS
 from camscope.metrics import DEFAULT_STEPS
-from camscope.models import LoadedModel, ModelError, TargetError, parse_target, resolve_layer
+from camscope.models import (
+    LoadedModel,
+    ModelError,
+    TargetError,
+    parse_target_spec,
+    resolve_layer,
+)
 from camscope.run import _methods
 
 __all__ = ["SAVE_MAPS", "RunConfig", "RunContext", "UsageError", "prepare", "probe_device"]
@@ -117,6 +123,14 @@ class RunConfig:
                 raise UsageError(f"{name} {path}: no such file")
 
 
+def _target(spec: str | int | None, categories: list[str]) -> int | str | None:
+    """``--target``: None (top-1 of each image), ``"truth"`` (its true class) or an index."""
+    if spec is None:
+        return None
+    target = parse_target_spec(spec, categories)
+    return None if target == "top1" else target
+
+
 @dataclass
 class RunContext:
     """A checked configuration plus what `prepare` resolved (model, device, layer, settings)."""
@@ -127,7 +141,7 @@ class RunContext:
     layer: str
     methods: list[str]
     options: dict[str, dict[str, Any]]
-    target: int | None
+    target: int | str | None
     settings: dict[str, Any]
     settings_hash: str
 
@@ -287,7 +301,12 @@ def prepare(
         loaded = loaded if loaded is not None else _load(config, device)
         loaded.model.to(device)
         layer, _ = resolve_layer(loaded.model, config.layer or loaded.default_layer)
-        target = None if config.target is None else parse_target(config.target, loaded.categories)
+        target = _target(config.target, loaded.categories)
+        if target == "truth" and config.labels is None and len(loaded.categories) != 1000:
+            raise TargetError(
+                "--target truth needs --labels FILE: a wnid in a file name names an "
+                "ImageNet-1k class only"
+            )
     except (ModelError, TargetError) as exc:
         raise UsageError(str(exc)) from exc
     _check_layer(loaded, layer, device)

@@ -60,6 +60,11 @@ class BatchOutput:
     rgbs: list[np.ndarray] = field(default_factory=list)
 
 
+NO_TRUTH = (
+    "--target truth: no true class (no ImageNet wnid in the file name, and not in --labels)"
+)
+
+
 def failed_row(item: WorkItem, error: str, settings_hash: str, method: str | None = None) -> dict:
     """The table row of an input (or of one method on it) that failed."""
     return {
@@ -116,13 +121,23 @@ class BatchExplainer:
         truth = truth_from_filename(item.file)
         return truth if truth is not None else truth_from_filename(item.name)
 
-    def _run_methods(self, x: torch.Tensor, items: list[WorkItem]) -> tuple[dict, list[dict]]:
+    def _targets(self, items: list[WorkItem]) -> tuple[list[int], list[int | None] | int | None]:
+        """Which items can be explained, and their targets (``--target truth``: per image)."""
+        if self.ctx.target != "truth":
+            return list(range(len(items))), self.ctx.target  # type: ignore[return-value]
+        truths = [self._truth(item) for item in items]
+        keep = [j for j, t in enumerate(truths) if t is not None]
+        return keep, [truths[j] for j in keep]
+
+    def _run_methods(
+        self, x: torch.Tensor, items: list[WorkItem], targets: Any
+    ) -> tuple[dict, list[dict]]:
         results, failed = {}, []
         self._batch_seconds: dict[str, float] = {}
         for method, cam in self.cams.items():
             start = time.perf_counter()
             try:
-                results[method] = cam.explain(x, self.ctx.target)
+                results[method] = cam.explain(x, targets)
             except (RuntimeError, ValueError) as exc:
                 failed += [
                     failed_row(it, one_line(exc), self.ctx.settings_hash, method) for it in items
@@ -183,9 +198,20 @@ class BatchExplainer:
 
     def __call__(self, items: list[WorkItem], decoded: list[LoadedImage]) -> BatchOutput:
         """Rows and maps for a batch; ``decoded[i]`` is ``items[i]`` decoded (no errors)."""
+        keep, targets = self._targets(items)
+        no_truth = [
+            failed_row(items[j], NO_TRUTH, self.ctx.settings_hash)
+            for j in range(len(items))
+            if j not in keep
+        ]
+        for row in no_truth:
+            log.error("%s", f"{row['file']}: {NO_TRUTH}")
+        items, decoded = [items[j] for j in keep], [decoded[j] for j in keep]
+        if not items:
+            return BatchOutput([], no_truth)
         x = torch.stack([d.tensor for d in decoded]).to(self.ctx.device)
-        results, rows = self._run_methods(x, items)
-        out = BatchOutput(items, rows, rgbs=[d.rgb for d in decoded])
+        results, rows = self._run_methods(x, items, targets)
+        out = BatchOutput(items, no_truth + rows, rgbs=[d.rgb for d in decoded])
         if not results:
             return out
         first = next(iter(results.values()))

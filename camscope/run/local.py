@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from camscope.io import LoadedImage, iter_images
-from camscope.models import LoadedModel
+from camscope.models import LoadedModel, wrap_module
 from camscope.run import results
 from camscope.run.collect import Plan, WorkItem, plan
-from camscope.run.config import RunConfig, RunContext, prepare
+from camscope.run.config import RunConfig, RunContext, UsageError, prepare
 from camscope.run.explainer import BatchExplainer
 from camscope.run.finalize import finalize
 from camscope.run.folder import open_run
@@ -188,7 +190,10 @@ def explain(
     inputs: Sequence[str | Path],
     out_dir: str | Path = "camscope-output",
     *,
-    model: str | LoadedModel | None = None,
+    model: str | LoadedModel | nn.Module | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    categories: Sequence[str] | None = None,
     **options: Any,
 ) -> RunResult:
     """Explain every image under ``inputs`` and write the run folder (``camscope run``).
@@ -196,7 +201,11 @@ def explain(
     Args:
         inputs: image files, folders (searched recursively) or glob patterns.
         out_dir: the run folder (resumed when it holds a run with the same settings).
-        model: a model name, an already `LoadedModel`, or None for the default.
+        model: a model name, an already `LoadedModel`, your own ``nn.Module`` (with ``mean``
+            and ``std``, and optionally ``categories``; see `camscope.models.wrap_module`), or
+            None for the default.
+        mean, std: the normalisation an ``nn.Module`` expects (inputs scaled to [0, 1]).
+        categories: class names of an ``nn.Module`` (default ``class 0`` ...).
         **options: any `RunConfig` field (``methods``, ``metrics``, ``batch_size``, ...).
 
     Example::
@@ -210,6 +219,10 @@ def explain(
     Raises:
         camscope.run.UsageError: before anything is written.
     """
+    if isinstance(model, nn.Module):
+        if mean is None or std is None:
+            raise UsageError("explain(model=<nn.Module>) needs its mean= and std= (3 floats each)")
+        model = wrap_module(model, mean, std, categories)
     given = model if isinstance(model, LoadedModel) else None
     name = given.name if given is not None else model
     if "methods" in options:

@@ -78,6 +78,7 @@ class RunWriter:
     def write(self, out: BatchOutput) -> None:
         """Save a batch's per-image files, then its rows (and pending failures) as a part."""
         rows: list[dict[str, Any]] = [r for r in out.rows if r["status"] != "ok"]
+        self.n_failed += len({r["name"] for r in rows})  # an input, or a method on it, failed
         ok_rows: dict[str, list[dict[str, Any]]] = {}
         for r in out.rows:
             if r["status"] == "ok":
