@@ -147,3 +147,16 @@ def test_rerun_over_a_finished_run_does_no_work(full_run):
     assert again.state == "complete" and again.n_explained == 0 and again.n_done_before == 5
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before  # report kept
     assert json.loads((out / "run.json").read_text())["state"] == "complete"
+
+
+def test_library_explain_with_a_loaded_model(full_run, tmp_path):
+    import camscope
+    from camscope.run.testing import random_model
+
+    root, _ = full_run
+    loaded = random_model("test_resnet")
+    result = camscope.explain([root / "in"], tmp_path / "api", model=loaded, methods=["gradcam"])
+    assert isinstance(result, camscope.RunResult) and result.ok and result.n_explained == 5
+    want = _table(root / "full")
+    for (name, method), row in _table(tmp_path / "api").items():
+        np.testing.assert_allclose(row["raw"], want[(name, method)]["raw"], rtol=1e-5, atol=1e-7)

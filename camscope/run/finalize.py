@@ -87,6 +87,9 @@ def write_predictions(run_dir: Path, categories: list[str]) -> Path:
     return path
 
 
+#: A finished run with this many part files or more gets them merged (`results.compact`).
+COMPACT_FROM = 16
+
 METRIC_CSV = (
     "base_prob",
     "explanation_prob",
@@ -248,7 +251,13 @@ def finalize(
     """
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
-    _attempt(out, "results", run_dir / results.RESULTS, lambda: results.compact(run_dir))
+    if len(results.part_files(run_dir)) >= COMPACT_FROM:
+        _attempt(
+            out,
+            "results",
+            run_dir / results.RESULTS,
+            lambda: results.compact(run_dir, COMPACT_FROM),
+        )
     predictions = run_dir / "predictions.csv"
     _attempt(
         out,
