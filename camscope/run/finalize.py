@@ -22,7 +22,7 @@ from camscope.io import iter_images, write_csv
 from camscope.metrics import sanity_check
 from camscope.run import _methods, results
 from camscope.run.config import RunContext
-from camscope.run.folder import write_run_json
+from camscope.run.folder import remove_temporaries, write_run_json
 
 __all__ = ["Finalized", "finalize", "sanity_rows", "write_metrics_csv", "write_predictions"]
 
@@ -251,6 +251,7 @@ def finalize(
     """
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
+    remove_temporaries(run_dir)  # left by a killed writer (e.g. a Ray actor stopped mid-write)
     if len(results.part_files(run_dir)) >= COMPACT_FROM:
         _attempt(
             out,

@@ -30,7 +30,7 @@ from camscope.io import TEMP_PREFIX, write_json
 from camscope.run import _methods, results
 from camscope.run.config import RunContext, UsageError
 
-__all__ = ["known_entries", "open_run", "run_record", "write_run_json"]
+__all__ = ["known_entries", "open_run", "remove_temporaries", "run_record", "write_run_json"]
 
 log = logging.getLogger("camscope")
 
@@ -66,8 +66,11 @@ def _remove(out: Path, entries: list[Path]) -> None:
             (out / method).rmdir()  # only when now empty
 
 
-def _remove_temporaries(out: Path) -> None:
-    """Temporary files a killed session left (never a visible output: writes are atomic)."""
+def remove_temporaries(out: Path) -> None:
+    """Temporary files a killed writer left (never a visible output: writes are atomic).
+
+    Call only while no writer is active: at the start of a resumed run, in `finalize`.
+    """
     folders = [out, out / results.RESULTS, *(out / m for m in _methods.method_names())]
     for folder in folders:
         if folder.is_dir():
@@ -121,7 +124,7 @@ def open_run(ctx: RunContext) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"{out}: output folder cannot be written ({exc.strerror or exc})") from exc
     if previous is not None:
-        _remove_temporaries(out)
+        remove_temporaries(out)
     record = run_record(ctx, previous)
     try:
         write_json(out / results.RUN_JSON, record)

@@ -98,6 +98,8 @@ def _explain_all(
 ) -> str:
     start = last = time.perf_counter()
     done = 0
+    if stop is not None and stop.is_set():  # Ctrl-C while the model was loading
+        return "interrupted"
     for items, decoded in _batches(todo.items, ctx, writer):
         writer.write(explainer(items, decoded))
         done += len(items)
