@@ -95,6 +95,10 @@ def test_actor_resources_share_cpus_and_give_one_gpu_each() -> None:
     assert actor_resources(_info(8, nodes=2, node_cpus=4), 1).num_cpus == 4 - DECODE_CPUS
     gpu = actor_resources(_info(16, gpus=4), 4)
     assert (gpu.num_gpus, gpu.device) == (1.0, "cuda")
+    assert actor_resources(_info(16, gpus=4), 4, device="cuda:1").device == "cuda"
+    assert actor_resources(_info(16, gpus=4), 2, device="cpu").num_gpus == 0
+    with pytest.raises(ValueError, match="no GPU"):
+        actor_resources(_info(8), 1, device="cuda")
     with pytest.raises(ValueError, match="GPU"):
         actor_resources(_info(16, gpus=2), 3)
     with pytest.raises(ValueError, match="workers"):

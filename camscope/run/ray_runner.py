@@ -125,6 +125,7 @@ class ClusterInfo:
     max_node_cpus: float
     local: bool
     node_ip: str
+    accelerators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,9 @@ def _cluster_info(ray: Any, local: bool) -> ClusterInfo:
         max_node_cpus=max(node_cpus),
         local=local,
         node_ip=ray.util.get_node_ip_address(),
+        accelerators=tuple(
+            sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:"))
+        ),  # fmt: skip
     )
 
 
@@ -446,9 +450,8 @@ def _dataset(ray: Any, rows: list[dict], ctx: Any, res: ActorResources, workers:
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False
     data.execution_options.preserve_order = False
-    config = replace(
-        ctx.config, device=res.device if ctx.config.device == "auto" else ctx.config.device
-    )
+    # Ray gives each GPU actor its own GPU as its only visible one: "cuda", never "cuda:N".
+    config = replace(ctx.config, device=res.device)
     prefix = f"{time.strftime('%Y%m%dT%H%M%S')}-ray"
     actor = _bound_actor(config, ctx.settings_hash, res.threads, prefix)
     size = tuple(int(v) for v in ctx.loaded.input_size)
@@ -670,6 +673,8 @@ def _record_cluster(record: dict, options: RayOptions, info: ClusterInfo,
              info.nodes, info.cpus, info.gpus, options.workers, res.num_cpus, res.num_gpus,
              res.threads)  # fmt: skip
     record.update(device=res.device, threads=res.threads, engine="ray")
+    if res.device == "cuda":  # the driver's own device name says nothing about the actors'
+        record["device_name"] = ", ".join(info.accelerators) or "GPU (type not reported by Ray)"
     record["ray"] = {"address": options.address or "local", "nodes": info.nodes,
-                     "cpus": info.cpus, "gpus": info.gpus, "workers": options.workers,
-                     "actor": vars(res)}  # fmt: skip
+                     "cpus": info.cpus, "gpus": info.gpus, "accelerators": list(info.accelerators),
+                     "workers": options.workers, "actor": vars(res)}  # fmt: skip
