@@ -100,3 +100,25 @@ def test_broken_run_json_and_labels_named(runs, tmp_path):
     assert result.stderr.strip().splitlines() == [
         ln for ln in result.stderr.strip().splitlines() if str(run_dir / "run.json") in ln
     ]
+
+
+def test_evaluate_without_saved_maps_uses_the_table(runs, tmp_path):
+    """--save-maps none: the maps come from the table's feature-resolution maps."""
+    config = RunConfig(
+        inputs=(str(runs / "in"),),
+        out_dir=str(tmp_path / "none"),
+        methods=("gradcam",),
+        model="test_resnet",
+        random_weights=True,
+        batch_size=3,
+        save_maps="none",
+    )
+    run_local(config)
+    assert not (tmp_path / "none" / "gradcam").exists()
+    result = _evaluate(tmp_path / "none")
+    assert result.exit_code == 0, result.output
+    got, want = _rows(tmp_path / "none"), _rows(runs / "measured")
+    for (name, method), row in got.items():
+        ref = want[(name, method)]
+        for key in ("deletion_auc", "insertion_auc", "average_drop"):
+            assert row[key] == pytest.approx(ref[key], abs=1e-5), (name, key)
