@@ -30,12 +30,14 @@ from __future__ import annotations
 import copy
 import inspect
 import io
-import sys
+import logging
 import warnings
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+log = logging.getLogger("camscope")
 
 __all__ = ["BACKENDS", "Backend", "InferenceEngine", "Precision"]
 
@@ -185,7 +187,7 @@ class InferenceEngine:
 
     def _say(self, text: str) -> None:
         self.note = f"inference engine: {text}"
-        print(f"camscope: warning: {self.note}", file=sys.stderr)
+        log.warning("%s", self.note)
 
     def release(self) -> None:
         """Drop the compiled copy (and its memory); ``kind`` and ``note`` keep describing the

@@ -20,13 +20,15 @@ leaks into the caller's model.
 from __future__ import annotations
 
 import inspect
+import logging
 import operator
-import sys
 from collections.abc import Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
+
+log = logging.getLogger("camscope")
 
 __all__ = ["FeatureRunner", "FxSplit", "HookRunner", "SplitError", "split_model"]
 
@@ -279,5 +281,5 @@ def split_model(
         if not allow_fallback:
             raise
         runner = HookRunner(model, layer, module, reason=str(exc))
-        print(f"camscope: warning: {runner.note}", file=sys.stderr)
+        log.warning("%s", runner.note)
         return runner

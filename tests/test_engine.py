@@ -55,7 +55,7 @@ def test_auto_prefers_onnxruntime_and_compiles_only_when_it_pays(model32, inputs
     assert off.kind == "eager fp32"
 
 
-def test_auto_falls_back_and_says_so(monkeypatch, capsys, model32, inputs32):
+def test_auto_falls_back_and_says_so(monkeypatch, caplog, model32, inputs32):
     def broken(*_args, **_kwargs):
         raise ImportError("No module named 'onnxruntime'")
 
@@ -64,7 +64,7 @@ def test_auto_falls_back_and_says_so(monkeypatch, capsys, model32, inputs32):
     out = engine(inputs32)
     assert engine.kind == "torchscript fp32"
     assert "onnxruntime (ImportError" in engine.note and "running torchscript" in engine.note
-    assert "camscope: warning: inference engine:" in capsys.readouterr().err
+    assert "inference engine:" in _warnings(caplog)
     assert torch.allclose(out, model32(inputs32), atol=1e-5)
 
 
@@ -94,7 +94,7 @@ def test_explicit_backend_failure_raises(monkeypatch, model32, inputs32):
         engine(inputs32)
 
 
-def test_everything_failing_runs_eagerly_with_note(monkeypatch, capsys, model32, inputs32):
+def test_everything_failing_runs_eagerly_with_note(monkeypatch, caplog, model32, inputs32):
     def broken(*_args, **_kwargs):
         raise RuntimeError("nope")
 
@@ -103,7 +103,7 @@ def test_everything_failing_runs_eagerly_with_note(monkeypatch, capsys, model32,
     engine = InferenceEngine(model32, jit=True)
     out = engine(inputs32)
     assert engine.kind == "eager fp32" and "eagerly" in engine.note
-    assert "camscope: warning" in capsys.readouterr().err
+    assert "inference engine:" in _warnings(caplog)
     assert torch.equal(out, model32(inputs32))
 
 
@@ -133,11 +133,11 @@ def test_unknown_backend_raises(model32):
         InferenceEngine(model32, backend="tvm")  # type: ignore[arg-type]
 
 
-def test_float64_model_is_not_run_by_onnxruntime(tiny_model, tiny_inputs, capsys):
+def test_float64_model_is_not_run_by_onnxruntime(tiny_model, tiny_inputs, caplog):
     engine = InferenceEngine(tiny_model, jit=True)
     out = engine(tiny_inputs)
     assert engine.kind == "torchscript fp32" and "float32 models" in engine.note
-    assert "camscope: warning" in capsys.readouterr().err
+    assert "inference engine:" in _warnings(caplog)
     assert torch.allclose(out.double(), tiny_model(tiny_inputs), atol=1e-5)
 
 
@@ -153,3 +153,10 @@ def test_release_keeps_the_description_and_rebuilds_from_current_weights():
         for p in model.parameters():
             p.mul_(2.0)
     assert torch.allclose(engine(x), model(x), atol=1e-4)  # rebuilt from the new weights
+
+
+def _warnings(caplog) -> str:
+    """The camscope logger's warnings of the test (what the CLI prints as warning lines)."""
+    return "\n".join(
+        r.getMessage() for r in caplog.records if r.name == "camscope" and r.levelname == "WARNING"
+    )

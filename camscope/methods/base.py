@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -260,7 +259,7 @@ class BaseCAM:
         except SplitError as exc:
             runner = HookRunner(self.model, self.layers[index], self.modules[index], str(exc))
             self._runners[index] = runner
-            print(f"camscope: warning: {runner.note}", file=sys.stderr)  # as camscope.split
+            log.warning("%s", runner.note)  # as camscope.split
             self.notes.append(runner.note)
             return runner.features(inputs)
 
