@@ -36,6 +36,7 @@ def images(tmp_path_factory) -> Path:
         (["--max-channels", "4", "--methods", "gradcam"], "max_channels"),
         (["--shard", "3/3"], "--shard 3/3"),
         (["--target", "5000"], "out of range"),
+        (["--metrics", "--labels", __file__], "--labels"),
     ],
 )
 def test_usage_error_exit_2_one_line_nothing_written(images, tmp_path, args, message):

@@ -177,6 +177,19 @@ def probe_device(spec: str) -> torch.device:
     return device
 
 
+def check_labels(labels: str | None) -> None:
+    """A ``--labels`` file that cannot be read is a usage error naming it."""
+    if labels is None:
+        return
+    from camscope.metrics import load_labels
+
+    try:
+        load_labels(labels)
+    except Exception as exc:  # noqa: BLE001 - any unreadable labels file: one line naming it
+        cause = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UsageError(f"--labels {labels}: cannot read labels ({cause})") from exc
+
+
 def _check_out_dir(out: Path) -> None:
     """The run folder can be created and written; creates nothing (a probe file is removed)."""
     probe = out
@@ -293,6 +306,7 @@ def prepare(
         UsageError: any option that would make the run fail (message is one line).
     """
     config.check()
+    check_labels(config.labels)
     methods, options = _resolve_methods(config)
     if check_folder:
         _check_out_dir(Path(config.out_dir))

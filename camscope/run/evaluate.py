@@ -22,9 +22,8 @@ import torch
 
 from camscope.io import iter_images
 from camscope.methods import normalise_maps
-from camscope.metrics import load_labels
 from camscope.run import results
-from camscope.run.config import RunConfig, RunContext, UsageError, prepare
+from camscope.run.config import RunConfig, RunContext, UsageError, check_labels, prepare
 from camscope.run.explainer import BatchExplainer
 from camscope.run.finalize import finalize
 from camscope.run.writer import session_prefix
@@ -63,16 +62,6 @@ def _config(run_dir: Path, run: dict[str, Any], **given: Any) -> RunConfig:
         metrics=True,
         **given,
     )
-
-
-def _check_labels(labels: str | None) -> None:
-    if labels is None:
-        return
-    try:
-        load_labels(labels)
-    except Exception as exc:  # noqa: BLE001 - any unreadable labels file: one line naming it
-        cause = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise UsageError(f"--labels {labels}: cannot read labels ({cause})") from exc
 
 
 def _maps(ctx: RunContext, rows: list[dict[str, Any]]) -> torch.Tensor:
@@ -175,7 +164,7 @@ def evaluate_folder(
         return Evaluated("failed", problems=[str(exc)])
     for line in problems:
         log.error("%s", line)
-    _check_labels(labels)
+    check_labels(labels)
     ctx = prepare(
         _config(
             run_dir,

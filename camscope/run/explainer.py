@@ -60,9 +60,7 @@ class BatchOutput:
     rgbs: list[np.ndarray] = field(default_factory=list)
 
 
-NO_TRUTH = (
-    "--target truth: no true class (no ImageNet wnid in the file name, and not in --labels)"
-)
+NO_TRUTH = "--target truth: no true class (no ImageNet wnid in the file name, and not in --labels)"
 
 
 def failed_row(item: WorkItem, error: str, settings_hash: str, method: str | None = None) -> dict:
