@@ -164,6 +164,23 @@ def family(args, model, module, layer_name, x, target, device) -> list[dict]:
     return rows
 
 
+def gradient_ratio(args, model, module, layer_name, x, target, device) -> list[dict]:
+    """Each gradient method's time over camscope's Grad-CAM, all called in turn (min of rounds)."""
+    names = [n for n, s in METHODS.items() if s.family == "gradient"]
+    cams = [build_cam(n, model, layer_name) for n in names]
+    fns = [lambda cam=cam: cam.explain(x, target) for cam in cams]
+    timings = timed_interleaved(fns, device, args.repeats)
+    base = timings[names.index("gradcam")][0]
+    rows = []
+    for name, (seconds, _) in zip(names, timings, strict=True):
+        rows.append({"model": args.model, "layer": layer_name, "method": name,
+                     "camscope_s": seconds, "vs_camscope_gradcam": seconds / base})  # fmt: skip
+        print(json.dumps(rows[-1]))
+    for cam in cams:
+        cam.close()
+    return rows
+
+
 def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, target, device,
                 gradcam, size) -> dict:  # fmt: skip
     cls_name, options = PGC_EQUIVALENTS[name]
@@ -201,6 +218,11 @@ def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, targe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="store_true", help="every method pgc also has")
+    parser.add_argument(
+        "--gradient-ratio",
+        action="store_true",
+        help="camscope only: every gradient method and Grad-CAM in turn, min of --repeats rounds",
+    )
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--layer", default=None)
     parser.add_argument(
@@ -253,8 +275,9 @@ def main() -> None:
         f"threads {torch.get_num_threads()}, torch {torch.__version__}, target {target}"
     )
     results: list[dict] = []
-    if args.family:
-        results = family(args, model, module, layer_name, x, target, device)
+    if args.family or args.gradient_ratio:
+        run = gradient_ratio if args.gradient_ratio else family
+        results = run(args, model, module, layer_name, x, target, device)
         if args.json:
             with open(args.json, "a") as fh:
                 for row in results:
