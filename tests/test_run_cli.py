@@ -85,3 +85,14 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
 def test_shard_syntax(tmp_path, bad):
     result = CliRunner().invoke(main, ["run", str(tmp_path), "--shard", bad, *MODEL])
     assert result.exit_code == 2
+
+
+def test_ctrl_c_outside_the_run_loop_is_130_not_aborted(monkeypatch):
+    import camscope.models
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(camscope.models, "load_model", interrupted)
+    result = CliRunner().invoke(main, ["layers", "--model", "resnet18"])
+    assert result.exit_code == 130 and result.stderr == "camscope: interrupted\n"
