@@ -20,14 +20,7 @@ from matplotlib.patches import Rectangle
 
 from camscope.io import save_figure
 
-__all__ = ["METHOD_LABELS", "GridRow", "colorize", "method_label", "overlay", "save_grid"]
-
-#: Column headers for the known method names.
-METHOD_LABELS: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "ablationcam": "AblationCAM",
-    "scorecam": "ScoreCAM",
-}
+__all__ = ["GridRow", "colorize", "method_label", "overlay", "save_grid"]
 
 _CELL_INCHES = 2.2  # side of one image cell
 _GAP_INCHES = 0.1  # horizontal gap between cells and figure margin
@@ -39,8 +32,15 @@ _TITLE_CHARS = 90  # wrap/clip long row titles
 
 
 def method_label(name: str) -> str:
-    """Pretty name for a method (``"gradcam"`` -> ``"Grad-CAM"``); unknown names unchanged."""
-    return METHOD_LABELS.get(name, name)
+    """The registered label of a method (``"gradcam"`` -> ``"Grad-CAM"``).
+
+    Labels belong to the method registry (`camscope.methods.registry.METHODS`); a name that is
+    not a registered method name comes back unchanged.
+    """
+    from camscope.methods import METHODS  # lazy: the methods package is heavy and imports models
+
+    spec = METHODS.get(name)
+    return name if spec is None else spec.label
 
 
 @functools.lru_cache(maxsize=16)

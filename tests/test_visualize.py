@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camscope.visualize import METHOD_LABELS, GridRow, colorize, method_label, overlay, save_grid
+from camscope.visualize import GridRow, colorize, method_label, overlay, save_grid
 
 
 def _image(h: int = 6, w: int = 5, seed: int = 0) -> np.ndarray:
@@ -76,13 +76,14 @@ def test_colorize_matches_jet() -> None:
         colorize(np.zeros((2, 2, 2)))
 
 
-def test_method_labels() -> None:
-    assert METHOD_LABELS == {
-        "gradcam": "Grad-CAM",
-        "ablationcam": "AblationCAM",
-        "scorecam": "ScoreCAM",
-    }
+def test_method_labels_come_from_the_registry() -> None:
+    from camscope.methods import METHODS
+
+    assert method_label("gradcam") == "Grad-CAM"
     assert method_label("scorecam") == "ScoreCAM"
+    assert method_label("gradcampp") == "Grad-CAM++"
+    for name, spec in METHODS.items():
+        assert method_label(name) == spec.label
     assert method_label("mymethod") == "mymethod"
 
 
