@@ -373,8 +373,11 @@ def _add_options(func):  # type: ignore[no-untyped-def]
 
 
 class _Group(click.Group):
-    """Ctrl-C anywhere in a command (not only in the run loop) is one line and exit 130,
-    never click's "Aborted!" with exit 1 (the code for "some inputs failed")."""
+    """The CLI group: a Ctrl-C anywhere in a command is one line and exit 130.
+
+    Not only in the run loop, and never click's "Aborted!" with exit 1 (the code for "some
+    inputs failed").
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -190,8 +190,11 @@ class InferenceEngine:
         log.warning("%s", self.note)
 
     def release(self) -> None:
-        """Drop the compiled copy (and its memory); ``kind`` and ``note`` keep describing the
-        last build. The next call builds again, from the model's current weights."""
+        """Drop the compiled copy (and its memory).
+
+        ``kind`` and ``note`` keep describing the last build. The next call builds again, from
+        the model's current weights.
+        """
         self._compiled = None
         self._device = None
 

@@ -48,9 +48,28 @@ class FeatureRunner:
     note: str = ""
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the network up to the layer.
+
+        Args:
+            inputs: (N, C, H, W) model inputs.
+
+        Returns:
+            The layer's activations ``A`` (first dimension N) and the ``cache`` of per-image
+            tensors that `classify` needs besides ``A``.
+        """
         raise NotImplementedError
 
     def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the network after the layer on (possibly modified) ``activations``.
+
+        Args:
+            activations: activations shaped like those `features` returned (same batch as
+                ``cache``; see `expand_cache` to re-run one image's activations many times).
+            cache: the cache `features` returned for those images.
+
+        Returns:
+            The model's logits for ``activations``; the caller's tensor is never changed.
+        """
         raise NotImplementedError
 
     @staticmethod
@@ -206,6 +225,7 @@ class FxSplit(FeatureRunner):
         )
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the head graph; SplitError when the tail reads anything but per-image tensors."""
         activations, *cache = self.head(inputs)
         if not isinstance(activations, torch.Tensor):
             raise SplitError(f"layer {self.layer} does not output a single tensor")
@@ -222,6 +242,7 @@ class FxSplit(FeatureRunner):
         return activations, tuple(cache)
 
     def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the tail graph on a copy of ``activations`` and the cached tensors."""
         # The tail may start with an in-place op on the layer's output (ResNet's
         # ``ReLU(inplace=True)`` after ``bn1``): give it a copy, so the caller's activations stay
         # intact and a leaf that requires grad (Grad-CAM) is never written in place.
@@ -243,6 +264,7 @@ class HookRunner(FeatureRunner):
         )
 
     def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Run the whole model, capturing a copy of the layer output; the cache is ``(inputs,)``."""
         captured: list[torch.Tensor] = []
 
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
@@ -259,6 +281,7 @@ class HookRunner(FeatureRunner):
         return captured[0], (inputs,)
 
     def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Run the whole model on the cached inputs with the layer output replaced."""
         (inputs,) = cache
 
         def hook(_m: nn.Module, _i: object, _out: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,8 @@ def atomic_open(
     Args:
         path: the destination.
         mode: ``"wb"`` (bytes) or ``"w"`` (text).
-        encoding, newline: for text mode (``encoding`` defaults to UTF-8).
+        encoding: for text mode (defaults to UTF-8).
+        newline: for text mode, as for :func:`open`.
 
     Raises:
         OSError: when the folder cannot be created or written (disk full, read-only, a folder
@@ -215,6 +216,7 @@ def save_png(path: str | Path, rgb: np.ndarray | Image.Image) -> None:
     """Save an image as PNG atomically.
 
     Args:
+        path: the destination (written through `atomic_open`).
         rgb: uint8 array (H, W, 3), (H, W, 4) or (H, W), or a PIL image.
     """
     if isinstance(rgb, np.ndarray):
@@ -247,7 +249,7 @@ def _cell(value: Any) -> Any:
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Write a CSV file atomically with the :mod:`csv` module (UTF-8, ``\\n`` line ends).
+    r"""Write a CSV file atomically with the :mod:`csv` module (UTF-8, ``\n`` line ends).
 
     Never fails on text UTF-8 cannot hold: ``Path`` and ``bytes`` cells are written with
     :func:`escape_name`, and so is any string holding lone surrogates (undecodable file-name

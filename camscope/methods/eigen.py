@@ -61,8 +61,10 @@ class EigenCAM(BaseCAM):
     aliases=("eigengrad-cam", "eigen-grad-cam"),
 )
 class EigenGradCAM(BaseCAM):
-    r"""EigenGrad-CAM (pytorch-grad-cam's ``EigenGradCAM``): EigenCAM (Muhammad & Yeasin,
-    IJCNN 2020, https://arxiv.org/abs/2008.00299) of :math:`g \odot A`.
+    r"""EigenGrad-CAM: EigenCAM of :math:`g \odot A`, class-discriminative.
+
+    pytorch-grad-cam's ``EigenGradCAM``; EigenCAM is Muhammad & Yeasin, IJCNN 2020,
+    https://arxiv.org/abs/2008.00299.
 
     .. math::
         L = \mathrm{ReLU}\big(\mathrm{PC}_1(\tfrac{\partial y^c}{\partial A} \odot A)\big)

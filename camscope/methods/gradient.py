@@ -181,8 +181,10 @@ class HiResCAM(BaseCAM):
     aliases=("gradcamelementwise",),
 )
 class GradCAMElementWise(BaseCAM):
-    r"""Grad-CAM element-wise (pytorch-grad-cam's ``GradCAMElementWise``), a variant of HiResCAM
-    (Draelos & Carin, 2020, https://arxiv.org/abs/2011.08891).
+    r"""Grad-CAM element-wise: HiResCAM with a ReLU on each element-wise product.
+
+    pytorch-grad-cam's ``GradCAMElementWise``, a variant of HiResCAM (Draelos & Carin, 2020,
+    https://arxiv.org/abs/2011.08891).
 
     .. math::
         L^c_{ij} = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(

@@ -1,5 +1,7 @@
-"""Perturbation CAMs: weights from how the target score changes when the input or the layer is
-modified (AblationCAM, ScoreCAM and its smoothed variants, RISE) and the random baseline.
+"""Perturbation CAMs and the random baseline.
+
+Weights come from how the target score changes when the input or the layer is modified
+(AblationCAM, ScoreCAM and its smoothed variants, RISE).
 
 Layer perturbations (AblationCAM) re-run only the network after the layer; input perturbations
 (ScoreCAM family, RISE) run the whole model through `camscope.engine.InferenceEngine`.
@@ -70,9 +72,11 @@ class _Adapted(nn.Module):
     aliases=("ablation-cam", "ablation"),
 )  # fmt: skip
 class AblationCAM(BaseCAM):
-    r"""AblationCAM (Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/
+    r"""AblationCAM: channel weights from the score drop when the channel is ablated.
+
+    Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/
     html/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_
-    Localization_WACV_2020_paper.html).
+    Localization_WACV_2020_paper.html.
 
     .. math::
         w_k^c = \frac{y^c - y^c_k}{y^c}, \qquad L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big)
@@ -610,9 +614,10 @@ class RISE(BaseCAM):
     aliases=("randomcam",),
 )
 class RandomCAM(BaseCAM):
-    r"""A baseline: random channel weights, :math:`w_k \sim U(-1, 1)` (pytorch-grad-cam's
-    ``RandomCAM``, https://github.com/jacobgil/pytorch-grad-cam),
-    :math:`L = \mathrm{ReLU}(\sum_k w_k A_k)`.
+    r"""A baseline: random channel weights, :math:`w_k \sim U(-1, 1)`.
+
+    :math:`L = \mathrm{ReLU}(\sum_k w_k A_k)`, as pytorch-grad-cam's ``RandomCAM``
+    (https://github.com/jacobgil/pytorch-grad-cam).
 
     The floor every method must beat in the faithfulness metrics. Seeded (``seed``): the same
     weights for every image and call, so maps are deterministic and batch-independent (the map

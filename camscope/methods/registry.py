@@ -188,7 +188,7 @@ def option_keys() -> list[str]:
 
 
 def _all_options() -> dict[str, tuple[OptionSpec, list[str]]]:
-    """flag key -> (its OptionSpec, the methods that take it)."""
+    """Map each flag key to (its OptionSpec, the methods that take it)."""
     seen: dict[str, tuple[OptionSpec, list[str]]] = {}
     for spec in METHODS.values():
         for option in spec.options:

@@ -426,10 +426,12 @@ class StepSensitivity:
 
     @property
     def deletion_abs_diff(self) -> torch.Tensor:
+        """(N,) ``|AUC(steps) - AUC(fine_steps)|`` of the deletion curve, per image."""
         return (self.deletion_auc - self.deletion_auc_fine).abs()
 
     @property
     def insertion_abs_diff(self) -> torch.Tensor:
+        """(N,) ``|AUC(steps) - AUC(fine_steps)|`` of the insertion curve, per image."""
         return (self.insertion_auc - self.insertion_auc_fine).abs()
 
 

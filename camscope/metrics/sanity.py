@@ -1,5 +1,7 @@
-"""Cascading model-parameter randomisation (Adebayo et al., "Sanity Checks for Saliency Maps",
-NeurIPS 2018, https://arxiv.org/abs/1810.03292).
+"""Cascading model-parameter randomisation sanity check.
+
+Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018,
+https://arxiv.org/abs/1810.03292.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ def _has_params(module: nn.Module) -> bool:
 
 
 def _is_norm(module: nn.Module) -> bool:
-    """A normalisation layer: torch's norms (and subclasses such as timm's BatchNormAct2d) or
-    a leaf whose class name ends like one (``LayerNorm2d``, ``RmsNorm``, ``FrozenBatchNorm2d``)."""
+    """Whether ``module`` is a normalisation layer.
+
+    True for torch's norms (and subclasses such as timm's BatchNormAct2d) and for a leaf whose
+    class name ends like one (``LayerNorm2d``, ``RmsNorm``, ``FrozenBatchNorm2d``).
+    """
     norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
     if isinstance(module, norms):
         return True
@@ -192,6 +197,7 @@ class SanityVerdict(NamedTuple):
 
     @property
     def passed(self) -> bool:
+        """True only for the outcome "pass" (an empty randomised map is never a pass)."""
         return self.outcome == "pass"
 
     def describe(self) -> str:

@@ -95,6 +95,7 @@ class MetricSpec:
 
     @property
     def direction(self) -> str:
+        """The phrase "higher is better" or "lower is better", for the report's tables."""
         return "higher is better" if self.higher_is_better else "lower is better"
 
 
@@ -134,6 +135,7 @@ class Scalars:
 
     @property
     def n(self) -> int:
+        """The number of images (rows of ``images``)."""
         return self.images.num_rows
 
 

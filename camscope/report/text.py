@@ -43,13 +43,16 @@ def label(method: str) -> str:
 
 
 def join(items: Sequence[str]) -> str:
-    """ "a", "a and b", "a, b and c"."""
+    """Join items as English: "a", "a and b", "a, b and c"."""
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def interval_text(spec: MetricSpec, iv: Interval, min_n: int) -> str:
-    """ "42.1% [95% CI 38.0%, 46.3%]", or the mean with why no interval is meaningful."""
+    """Format a mean with its interval: "42.1% [95% CI 38.0%, 46.3%]".
+
+    Without a meaningful interval: the mean and why there is none.
+    """
     if iv.n == 0:
         return "n/a"
     if not math.isfinite(iv.low):
@@ -270,8 +273,11 @@ def _faithful_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> li
 
 
 def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
-    """Sentences about image ``i``: prediction, empty maps, agreement, spread and off-region
-    maps, most faithful map. Empty maps are left out of the comparisons and said to be."""
+    """Sentences about image ``i``.
+
+    Prediction, empty maps, agreement, spread and off-region maps, most faithful map. Empty
+    maps are left out of the comparisons and said to be.
+    """
     out = _prediction(s.images.slice(i, 1).to_pylist()[0])
     present = [m for m in s.methods if s.rows[m][i] >= 0]
     empty = [m for m in present if s.values[m]["empty"][i] > 0]

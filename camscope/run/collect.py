@@ -45,7 +45,7 @@ class WorkItem:
 
     @property
     def file(self) -> str:
-        """The path as text for tables and messages (non-UTF-8 bytes escaped as ``\\xNN``)."""
+        r"""The path as text for tables and messages (non-UTF-8 bytes escaped as ``\xNN``)."""
         return escape_path(self.path)
 
 

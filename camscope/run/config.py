@@ -147,10 +147,12 @@ class RunContext:
 
     @property
     def out_dir(self) -> Path:
+        """The run folder (``config.out_dir``)."""
         return Path(self.config.out_dir)
 
     @property
     def save_maps(self) -> tuple[str, ...]:
+        """The map kinds to save, from ``config.save_maps``."""
         return SAVE_MAPS[self.config.save_maps]
 
 

@@ -242,8 +242,10 @@ def finalize(
     stop: threading.Event | None = None,
     changed: bool = True,
 ) -> Finalized:
-    """Write predictions.csv, metrics.csv, sanity.parquet and the report (when the run has
-    metrics and was not interrupted), then run.json with ``record`` and ``state``.
+    """Write the run's tables and report, then run.json with ``record`` and ``state``.
+
+    The tables are predictions.csv, metrics.csv and sanity.parquet; the report is written when
+    the run has metrics and was not interrupted.
 
     ``changed`` False (a resumed run that found nothing to do) keeps an existing sanity check
     and report instead of computing them again. A Ctrl-C (``stop``) during the sanity check

@@ -206,7 +206,8 @@ def explain(
         model: a model name, an already `LoadedModel`, your own ``nn.Module`` (with ``mean``
             and ``std``, and optionally ``categories``; see `camscope.models.wrap_module`), or
             None for the default.
-        mean, std: the normalisation an ``nn.Module`` expects (inputs scaled to [0, 1]).
+        mean: the per-channel mean an ``nn.Module`` expects (inputs scaled to [0, 1]).
+        std: the per-channel standard deviation an ``nn.Module`` expects.
         categories: class names of an ``nn.Module`` (default ``class 0`` ...).
         **options: any `RunConfig` field (``methods``, ``metrics``, ``batch_size``, ...).
 

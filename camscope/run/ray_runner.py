@@ -95,6 +95,7 @@ class RayOptions:
 
     @property
     def local(self) -> bool:
+        """True when Ray runs in this process's own local cluster (no address to connect to)."""
         return self.address in (None, "local")
 
 
@@ -358,8 +359,10 @@ class _Collect(logging.Handler):
 
 
 class ExplainActor:
-    """One explain worker: prepares the run once (model loaded once), then per planned batch
-    explains the decoded images and writes their files and one results part file.
+    """One explain worker: prepares the run once, then explains planned batches.
+
+    The model is loaded once; per planned batch the actor explains the decoded images and
+    writes their files and one results part file.
 
     Returns one status row per input (``status``, ``error``) plus the warnings it logged, so
     the driver reports every failure as one line and every substitution once.
@@ -446,7 +449,10 @@ def _safe_host() -> str:
 
 
 def _dataset(ray: Any, rows: list[dict], ctx: Any, res: ActorResources, workers: int) -> Any:
-    """planned batches -> decode tasks -> explain actors; lazy until the driver iterates."""
+    """Build the dataset: planned batches -> decode tasks -> explain actors.
+
+    Lazy until the driver iterates.
+    """
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = False
     data.execution_options.preserve_order = False
@@ -568,7 +574,7 @@ def _run(
     stop: threading.Event | None,
     progress: Callable[[int, int], None] | None,
 ) -> Any:
-    """open -> plan -> (decode -> explain -> write on the actors) -> finalize."""
+    """Run on Ray: open -> plan -> (decode -> explain -> write on the actors) -> finalize."""
     import ray
 
     from camscope.run import finalize, open_run, plan, results

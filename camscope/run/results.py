@@ -81,7 +81,7 @@ class RunFolderError(Exception):
 
 
 def escape_path(path: str | os.PathLike[str]) -> str:
-    """A path as text: bytes that are not UTF-8 become ``\\xNN`` (`camscope.io.escape_name`)."""
+    r"""A path as text: bytes that are not UTF-8 become ``\xNN`` (`camscope.io.escape_name`)."""
     return escape_name(path)
 
 
