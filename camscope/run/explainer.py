@@ -197,13 +197,7 @@ class BatchExplainer:
     def __call__(self, items: list[WorkItem], decoded: list[LoadedImage]) -> BatchOutput:
         """Rows and maps for a batch; ``decoded[i]`` is ``items[i]`` decoded (no errors)."""
         keep, targets = self._targets(items)
-        no_truth = [
-            failed_row(items[j], NO_TRUTH, self.ctx.settings_hash)
-            for j in range(len(items))
-            if j not in keep
-        ]
-        for row in no_truth:
-            log.error("%s", f"{row['file']}: {NO_TRUTH}")
+        no_truth = self._no_truth_rows(items, keep)
         items, decoded = [items[j] for j in keep], [decoded[j] for j in keep]
         if not items:
             return BatchOutput([], no_truth)
@@ -218,47 +212,81 @@ class BatchExplainer:
         per_method = self.metrics(x, maps, targets)
         agree = self._agreement(maps)
         probs = first.logits.float().softmax(dim=1)
-        top_p, top_i = (t.cpu() for t in probs.topk(5, dim=1))
-        cats = self.ctx.loaded.categories
+        top = tuple(t.cpu() for t in probs.topk(5, dim=1))
         for method, result in results.items():
-            cpu = {
-                k: v.detach().cpu()
-                for k, v in {**per_method.get(method, {}), **agree[method]}.items()
-            }
-            raw = result.raw.detach().float().cpu()
-            share = (maps[method] > 0.5).flatten(1).float().mean(dim=1).cpu()
-            empty = result.empty.cpu()
-            seconds = self._batch_seconds[method] / len(items)
-            for j, item in enumerate(items):
-                t, top1 = int(targets[j]), int(top_i[j, 0])
-                row = {
-                    "key": item.key,
-                    "name": item.name,
-                    "file": item.file,
-                    "settings_hash": self.ctx.settings_hash,
-                    "status": "ok",
-                    "error": None,
-                    "method": method,
-                    "top1_index": top1,
-                    "target_index": t,
-                    "truth_index": self._truth(item),
-                    "top1_name": cats[top1],
-                    "target_name": cats[t],
-                    "top1_prob": float(top_p[j, 0]),
-                    "top5_index": top_i[j].tolist(),
-                    "top5_prob": top_p[j].tolist(),
-                    "empty": bool(empty[j]),
-                    "seconds": seconds,
-                    "raw": raw[j].flatten().tolist(),
-                    "raw_h": raw.shape[1],
-                    "raw_w": raw.shape[2],
-                    "share_above_half": float(share[j]),
-                }
-                for key, value in cpu.items():
-                    v = value[j]
-                    row[key] = (
-                        v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool else float(v))
-                    )
-                out.rows.append(row)
+            extra = {**per_method.get(method, {}), **agree[method]}
+            out.rows.extend(
+                self._method_rows(items, method, result, maps[method], targets, top, extra)
+            )
             out.maps[method] = maps[method].detach().cpu().numpy().astype(np.float32, copy=False)
         return out
+
+    def _no_truth_rows(self, items: list[WorkItem], keep: list[int]) -> list[dict]:
+        """A failed row (logged as one line) for every item left out for want of a truth."""
+        rows = [
+            failed_row(items[j], NO_TRUTH, self.ctx.settings_hash)
+            for j in range(len(items))
+            if j not in keep
+        ]
+        for row in rows:
+            log.error("%s", f"{row['file']}: {NO_TRUTH}")
+        return rows
+
+    def _method_rows(
+        self,
+        items: list[WorkItem],
+        method: str,
+        result: Any,
+        maps: torch.Tensor,
+        targets: torch.Tensor,
+        top: tuple[torch.Tensor, ...],
+        extra: dict[str, torch.Tensor],
+    ) -> list[dict]:
+        """One "ok" row per image of ``method``'s batch ``result``.
+
+        ``maps`` are its (B, H, W) float maps, ``top`` the CPU (probabilities, indices) of the
+        top-5 classes, ``extra`` its per-image metric and agreement columns.
+        """
+        top_p, top_i = top
+        cats = self.ctx.loaded.categories
+        cpu = {k: v.detach().cpu() for k, v in extra.items()}
+        raw = result.raw.detach().float().cpu()
+        share = (maps > 0.5).flatten(1).float().mean(dim=1).cpu()
+        empty = result.empty.cpu()
+        seconds = self._batch_seconds[method] / len(items)
+        rows = []
+        for j, item in enumerate(items):
+            t, top1 = int(targets[j]), int(top_i[j, 0])
+            row = {
+                "key": item.key,
+                "name": item.name,
+                "file": item.file,
+                "settings_hash": self.ctx.settings_hash,
+                "status": "ok",
+                "error": None,
+                "method": method,
+                "top1_index": top1,
+                "target_index": t,
+                "truth_index": self._truth(item),
+                "top1_name": cats[top1],
+                "target_name": cats[t],
+                "top1_prob": float(top_p[j, 0]),
+                "top5_index": top_i[j].tolist(),
+                "top5_prob": top_p[j].tolist(),
+                "empty": bool(empty[j]),
+                "seconds": seconds,
+                "raw": raw[j].flatten().tolist(),
+                "raw_h": raw.shape[1],
+                "raw_w": raw.shape[2],
+                "share_above_half": float(share[j]),
+            }
+            row.update((key, _cell(value[j])) for key, value in cpu.items())
+            rows.append(row)
+        return rows
+
+
+def _cell(value: torch.Tensor) -> Any:
+    """A table cell from one image's CPU tensor: a list, a bool or a float."""
+    if value.dim():
+        return value.tolist()
+    return bool(value) if value.dtype == torch.bool else float(value)
