@@ -1,4 +1,4 @@
-"""Synthetic run folders in the results-table schema of docs/CONTRACT.md (tests and benchmarks).
+"""Synthetic run folders in the results-table schema of docs/DESIGN.md (tests and benchmarks).
 
 `make_run` writes ``run.json``, ``results/part-*.parquet`` (one part per ``part_rows`` images,
 with the run's own writer `camscope.run.results.write_part`), optionally ``sanity.parquet``, and

@@ -1,4 +1,4 @@
-"""Tests for camscope.report.build_report on synthetic results tables (docs/CONTRACT.md schema).
+"""Tests for camscope.report.build_report on synthetic results tables (docs/DESIGN.md schema).
 
 Numbers are checked against the table read back with pyarrow and statistics computed by hand;
 sizes and caps against synthetic runs of 5,000 images.

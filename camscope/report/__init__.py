@@ -1,6 +1,6 @@
 """Reports of a run: summary.csv, plots, statistics and a bounded report.html / report.md.
 
-`build_report` reads one or more run folders' results tables (docs/CONTRACT.md) and writes the
+`build_report` reads one or more run folders' results tables (docs/DESIGN.md) and writes the
 report; memory and page size stay bounded whatever the number of images. Modules:
 
 - `camscope.report.source`: the report's access to run folders (through `camscope.run.results`).

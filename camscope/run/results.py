@@ -1,6 +1,6 @@
 """The run folder's schema: the ONE module that reads and writes its layout.
 
-Layout (docs/CONTRACT.md, docs/DESIGN.md)::
+Layout (docs/DESIGN.md)::
 
     DIR/run.json                  settings, settings_hash, state, counts, timings, notes
     DIR/results/part-*.parquet    the results table: one row per image x method (long format)
@@ -240,7 +240,7 @@ def iter_table(
 
     For columns too large to hold for every row at once (``raw``, the curves): only one part's
     rows of ``columns`` are in memory. Each yielded table has the requested columns that part
-    has, plus ``run_dir``. (Added by the report helper; docs/CONTRACT.md.)
+    has, plus ``run_dir``.
 
     Raises:
         RunFolderError: a part file that cannot be read (one line naming it).
