@@ -36,6 +36,7 @@ from camscope.models import (
     LoadedModel,
     ModelError,
     TargetError,
+    one_line,
     parse_target_spec,
     resolve_layer,
 )
@@ -172,7 +173,7 @@ def probe_device(spec: str) -> torch.device:
     try:
         value = float((torch.ones(2, device=device) * 2).sum().cpu())
     except Exception as exc:  # noqa: BLE001 - any backend failure means the device is unusable
-        cause = " ".join(str(exc).split())[:160] or type(exc).__name__
+        cause = one_line(exc)
         raise UsageError(f"--device {spec}: cannot compute on this device ({cause})") from exc
     if value != 4.0:
         raise UsageError(f"--device {spec}: a test computation gave {value}, expected 4.0")
@@ -188,7 +189,7 @@ def check_labels(labels: str | None) -> None:
     try:
         load_labels(labels)
     except Exception as exc:  # noqa: BLE001 - any unreadable labels file: one line naming it
-        cause = " ".join(str(exc).split())[:200] or type(exc).__name__
+        cause = one_line(exc)
         raise UsageError(f"--labels {labels}: cannot read labels ({cause})") from exc
 
 

@@ -20,6 +20,7 @@ import torch
 
 from camscope.io import iter_images, write_csv
 from camscope.metrics import sanity_check
+from camscope.models import one_line
 from camscope.run import _methods, results
 from camscope.run.config import RunContext
 from camscope.run.folder import remove_temporaries, write_run_json
@@ -221,7 +222,7 @@ def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> No
         out.files[name] = path
         log.info("%s", f"write {name} ({time.perf_counter() - start:.1f} s)")
     except Exception as exc:  # noqa: BLE001 - one output failing must not lose the others
-        cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+        cause = getattr(exc, "strerror", None) or one_line(exc)
         line = f"{results.escape_path(path)}: cannot write ({cause})"
         log.error("%s", line)
         out.problems.append(line)
