@@ -224,7 +224,7 @@ def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, targe
     }  # fmt: skip
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="store_true", help="every method pgc also has")
     parser.add_argument(
@@ -264,156 +264,204 @@ def main() -> None:
         action="store_true",
         help="time camscope's first call too (one-off set-up such as the engine build included)",
     )
-    args = parser.parse_args()
-    global WARMUP
-    WARMUP = not args.no_warmup
+    return parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    model, mean, std, source = build_model(args.model, device)
-    layer = args.layer or ("layer4[-1]" if args.model.startswith("resnet") else "bn2")
-    layer_name, module = resolve_layer(model, layer)
-    x = load_input(args.image, mean, std, device)
-    size = tuple(x.shape[-2:])
-    with torch.no_grad():
-        target = int(model(x).argmax())
-    skip = set(filter(None, args.skip_pgc.split(",")))
-    print(
-        f"# {args.model} ({source}) layer {layer_name}, device {device} "
-        f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor()}), "
-        f"threads {torch.get_num_threads()}, torch {torch.__version__}, target {target}"
-    )
-    results: list[dict] = []
-    if args.family or args.gradient_ratio:
-        run = gradient_ratio if args.gradient_ratio else family
-        results = run(args, model, module, layer_name, x, target, device)
-        if args.json:
-            with open(args.json, "a") as fh:
-                for row in results:
-                    fh.write(json.dumps(row) + "\n")
-        return
 
-    def record(method, mode, ours_s, theirs_s, ours_raw, ours_map, theirs_map, extra=None):
+class Bench:
+    """Model, layer, input and target of one run; collects the result rows."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.device = torch.device(args.device)
+        self.model, mean, std, self.source = build_model(args.model, self.device)
+        layer = args.layer or ("layer4[-1]" if args.model.startswith("resnet") else "bn2")
+        self.layer_name, self.module = resolve_layer(self.model, layer)
+        self.x = load_input(args.image, mean, std, self.device)
+        self.size = tuple(self.x.shape[-2:])
+        with torch.no_grad():
+            self.target = int(self.model(self.x).argmax())
+        self.skip = set(filter(None, args.skip_pgc.split(",")))
+        self.results: list[dict] = []
+        self.pgc = None
+        self.pgc_targets = None
+
+    def print_header(self) -> None:
+        args, device = self.args, self.device
+        print(
+            f"# {args.model} ({self.source}) layer {self.layer_name}, device {device} "
+            f"({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor()}), "
+            f"threads {torch.get_num_threads()}, torch {torch.__version__}, target {self.target}"
+        )
+
+    def import_pgc(self, methods: list[str]) -> None:
+        if any(m not in self.skip for m in methods):
+            import pytorch_grad_cam as pgc
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+            self.pgc = pgc
+            self.pgc_targets = [ClassifierOutputTarget(self.target)]
+
+    def run_pgc(self, cls, **kwargs):
+        with cls(model=self.model, target_layers=[self.module], **kwargs) as cam:
+            if self.args.pgc_batch_size and hasattr(cam, "get_cam_weights"):
+                cam.batch_size = self.args.pgc_batch_size
+            return cam(input_tensor=self.x, targets=self.pgc_targets)[0]
+
+    def timed_ours(self, cam) -> tuple[float, object]:
+        return timed(lambda: cam.explain(self.x, self.target), self.device, self.args.repeats)
+
+    def record(self, method, mode, ours_s, theirs_s, ours_raw, ours_map, theirs_map, extra=None):
         row = {
-            "model": args.model,
-            "layer": layer_name,
+            "model": self.args.model,
+            "layer": self.layer_name,
             "method": method,
             "mode": mode,
-            "device": str(device),
+            "device": str(self.device),
             "camscope_s": ours_s,
             "pgc_s": theirs_s,
             "speedup": (theirs_s / ours_s) if theirs_s else None,
         }
         if theirs_map is not None:
-            same_post = pgc_postprocess(ours_raw, size)[0]
+            same_post = pgc_postprocess(ours_raw, self.size)[0]
             row["maxabs_same_postprocessing"] = float(np.abs(same_post - theirs_map).max())
             row["pearson_same_postprocessing"] = pearson(same_post, theirs_map)
             row["pearson_final"] = pearson(ours_map, theirs_map)
         row.update(extra or {})
-        results.append(row)
+        self.results.append(row)
         print(json.dumps(row))
         sys.stdout.flush()
 
-    methods = (args.methods or "gradcam,ablationcam,scorecam").split(",")
-    pgc = None
-    if any(m not in skip for m in methods):
-        import pytorch_grad_cam as pgc  # noqa: F401
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        pgc_targets = [ClassifierOutputTarget(target)]
+def bench_gradcam(b: Bench) -> None:
+    with GradCAM(b.model, b.layer_name) as cam:
+        ours_s, res = b.timed_ours(cam)
+    theirs_s = theirs = None
+    if "gradcam" not in b.skip:
+        theirs_s, theirs = timed(lambda: b.run_pgc(b.pgc.GradCAM), b.device, b.args.repeats)
+    b.record("gradcam", "fp32", ours_s, theirs_s, res.raw, res.maps[0].cpu().numpy(), theirs)
 
-    def run_pgc(cls, **kwargs):
-        with cls(model=model, target_layers=[module], **kwargs) as cam:
-            if args.pgc_batch_size and hasattr(cam, "get_cam_weights"):
-                cam.batch_size = args.pgc_batch_size
-            return cam(input_tensor=x, targets=pgc_targets)[0]
 
-    if "gradcam" in methods:
-        with GradCAM(model, layer_name) as cam:
-            ours_s, res = timed(lambda: cam.explain(x, target), device, args.repeats)
-        theirs_s = theirs = None
-        if "gradcam" not in skip:
-            theirs_s, theirs = timed(lambda: run_pgc(pgc.GradCAM), device, args.repeats)
-        record("gradcam", "fp32", ours_s, theirs_s, res.raw, res.maps[0].cpu().numpy(), theirs)
+def bench_ablationcam(b: Bench) -> None:
+    with AblationCAM(b.model, b.layer_name) as cam:
+        ours_s, res = b.timed_ours(cam)
+        note = cam.runner.note
+    theirs_s = theirs = None
+    if "ablationcam" not in b.skip:
+        # pgc's AblationCAM: no warm-up repeat (minutes per call on CPU)
+        start = time.perf_counter()
+        theirs = b.run_pgc(b.pgc.AblationCAM)
+        theirs_s = time.perf_counter() - start
+    b.record(
+        "ablationcam",
+        "fp32",
+        ours_s,
+        theirs_s,
+        res.raw,
+        res.maps[0].cpu().numpy(),
+        theirs,
+        {"runner": note},
+    )
 
-    if "ablationcam" in methods:
-        with AblationCAM(model, layer_name) as cam:
-            ours_s, res = timed(lambda: cam.explain(x, target), device, args.repeats)
-            note = cam.runner.note
-        theirs_s = theirs = None
-        if "ablationcam" not in skip:
-            # pgc's AblationCAM: no warm-up repeat (minutes per call on CPU)
-            start = time.perf_counter()
-            theirs = run_pgc(pgc.AblationCAM)
-            theirs_s = time.perf_counter() - start
-        record(
-            "ablationcam",
-            "fp32",
+
+def time_pgc_scorecam(b: Bench) -> tuple[float | None, np.ndarray | None]:
+    theirs_s = theirs = None
+    if "scorecam" not in b.skip:
+        start = time.perf_counter()
+        theirs = b.run_pgc(b.pgc.ScoreCAM)
+        if b.device.type == "cuda":
+            torch.cuda.synchronize()
+        theirs_s = time.perf_counter() - start
+    return theirs_s, theirs
+
+
+def scorecam_mode_kwargs(mode: str) -> dict:
+    kwargs: dict = {}
+    if mode.startswith("k"):
+        kwargs["max_channels"] = int(mode[1:])
+    elif mode in ("bf16", "fp16"):
+        kwargs["precision"] = mode
+    return kwargs
+
+
+def time_scorecam_variants(b: Bench, variants: list[str], kwargs: dict) -> tuple[dict, dict, str]:
+    timings, outputs = {}, {}
+    for variant in variants:
+        with ScoreCAM(b.model, b.layer_name, variant=variant, **kwargs) as cam:
+            timings[variant], outputs[variant] = timed(
+                lambda cam=cam: cam.explain(b.x, b.target), b.device, b.args.repeats
+            )
+            engine = cam.engine.kind
+    return timings, outputs, engine
+
+
+def bench_scorecam(b: Bench) -> None:
+    theirs_s, theirs = time_pgc_scorecam(b)
+    exact_map = None
+    for mode in b.args.scorecam_modes.split(","):
+        kwargs = scorecam_mode_kwargs(mode)
+        # compare with pgc on its own formula; agreement with our exact map for fast modes
+        variants = b.args.variants.split(",")
+        timings, outputs, engine = time_scorecam_variants(b, variants, kwargs)
+        agree = "reference" if "reference" in outputs else variants[0]
+        res = outputs.get("pytorch-grad-cam", outputs[agree])
+        ours_s = timings.get("pytorch-grad-cam", timings[agree])
+        ref = outputs[agree]
+        ref_map = ref.maps[0].cpu().numpy()
+        if mode == "fp32":
+            exact_map = ref_map
+        extra = {
+            "reference_variant_s": timings.get("reference"),
+            "camscope_variant": "pytorch-grad-cam" if "pytorch-grad-cam" in outputs else agree,
+            "agreement_variant": agree,
+            "engine": engine,
+            "channels_run": ref.info.get("channels_run"),
+            "constant_channels": ref.info.get("constant_channels"),
+            "duplicate_channels": ref.info.get("duplicate_channels"),
+        }
+        if exact_map is not None:
+            extra["pearson_vs_exact"] = pearson(ref_map, exact_map)
+        b.record(
+            "scorecam",
+            mode,
             ours_s,
             theirs_s,
             res.raw,
             res.maps[0].cpu().numpy(),
             theirs,
-            {"runner": note},
+            extra,
         )
 
-    if "scorecam" in methods:
-        theirs_s = theirs = None
-        if "scorecam" not in skip:
-            start = time.perf_counter()
-            theirs = run_pgc(pgc.ScoreCAM)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            theirs_s = time.perf_counter() - start
-        exact_map = None
-        for mode in args.scorecam_modes.split(","):
-            kwargs: dict = {}
-            if mode.startswith("k"):
-                kwargs["max_channels"] = int(mode[1:])
-            elif mode in ("bf16", "fp16"):
-                kwargs["precision"] = mode
-            # compare with pgc on its own formula; agreement with our exact map for fast modes
-            variants = args.variants.split(",")
-            timings, outputs = {}, {}
-            for variant in variants:
-                with ScoreCAM(model, layer_name, variant=variant, **kwargs) as cam:
-                    timings[variant], outputs[variant] = timed(
-                        lambda cam=cam: cam.explain(x, target), device, args.repeats
-                    )
-                    engine = cam.engine.kind
-            agree = "reference" if "reference" in outputs else variants[0]
-            res = outputs.get("pytorch-grad-cam", outputs[agree])
-            ours_s = timings.get("pytorch-grad-cam", timings[agree])
-            ref = outputs[agree]
-            ref_map = ref.maps[0].cpu().numpy()
-            if mode == "fp32":
-                exact_map = ref_map
-            extra = {
-                "reference_variant_s": timings.get("reference"),
-                "camscope_variant": "pytorch-grad-cam" if "pytorch-grad-cam" in outputs else agree,
-                "agreement_variant": agree,
-                "engine": engine,
-                "channels_run": ref.info.get("channels_run"),
-                "constant_channels": ref.info.get("constant_channels"),
-                "duplicate_channels": ref.info.get("duplicate_channels"),
-            }
-            if exact_map is not None:
-                extra["pearson_vs_exact"] = pearson(ref_map, exact_map)
-            record(
-                "scorecam",
-                mode,
-                ours_s,
-                theirs_s,
-                res.raw,
-                res.maps[0].cpu().numpy(),
-                theirs,
-                extra,
-            )
 
-    if args.json:
-        with open(args.json, "a") as fh:
-            for row in results:
+def append_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        with open(path, "a") as fh:
+            for row in rows:
                 fh.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    args = parse_args()
+    global WARMUP
+    WARMUP = not args.no_warmup
+
+    b = Bench(args)
+    b.print_header()
+    if args.family or args.gradient_ratio:
+        run = gradient_ratio if args.gradient_ratio else family
+        results = run(args, b.model, b.module, b.layer_name, b.x, b.target, b.device)
+        append_json(args.json, results)
+        return
+
+    methods = (args.methods or "gradcam,ablationcam,scorecam").split(",")
+    b.import_pgc(methods)
+    if "gradcam" in methods:
+        bench_gradcam(b)
+    if "ablationcam" in methods:
+        bench_ablationcam(b)
+    if "scorecam" in methods:
+        bench_scorecam(b)
+    append_json(args.json, b.results)
 
 
 if __name__ == "__main__":

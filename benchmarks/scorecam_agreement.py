@@ -31,7 +31,7 @@ from camscope.methods import ScoreCAM  # noqa: E402
 from camscope.models import load_model  # noqa: E402
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images")
     parser.add_argument("--model", default="efficientnet_lite0")
@@ -42,27 +42,34 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--csv", default=None)
     parser.add_argument("--exact-run", default=None, help="camscope run folder with exact maps")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    device = torch.device(args.device)
-    loaded = load_model(args.model, device=device)
+
+def load_images(args: argparse.Namespace, loaded, device: torch.device):
     paths, _ = collect_inputs([args.images])
     paths = paths[:: args.every][: args.n]
     x = torch.stack(
         [preprocess(load_image(p), mean=loaded.mean, std=loaded.std)[1] for p in paths]
     ).to(device)
-    modes = [m for m in args.modes.split(",") if m]
+    return paths, x
+
+
+def build_cams(args: argparse.Namespace, loaded, modes: list[str]) -> dict[str, ScoreCAM]:
     cams = {} if args.exact_run else {"fp32": ScoreCAM(loaded.model, loaded.default_layer)}
     for mode in modes:
         if mode.startswith("k"):
             cams[mode] = ScoreCAM(loaded.model, loaded.default_layer, max_channels=int(mode[1:]))
         else:
             cams[mode] = ScoreCAM(loaded.model, loaded.default_layer, precision=mode)
+    return cams
+
+
+def run_cams(cams: dict, x: torch.Tensor, batch_size: int, device: torch.device):
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in cams}
     seconds = dict.fromkeys(cams, 0.0)
     constant_share: list[float] = []
-    for start in range(0, len(x), args.batch):
-        batch = x[start : start + args.batch]
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
         for mode, cam in cams.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -74,34 +81,37 @@ def main() -> None:
             maps[mode].append(result.maps.cpu())
             if mode == "fp32":
                 constant_share.append(result.info["constant_channels"] / result.info["channels"])
-    if args.exact_run:
-        run_dir = Path(args.exact_run)
-        run = json.loads((run_dir / "run.json").read_text())
-        if (run["precision"], run["scorecam_variant"], run["max_channels"]) != (
-            "fp32",
-            "reference",
-            None,
-        ):
-            raise SystemExit(f"{run_dir}: not an exact default ScoreCAM run")
-        with (run_dir / "predictions.csv").open(newline="") as fh:
-            names = {Path(r["file"]).resolve(): r["name"] for r in csv.DictReader(fh)}
-        exact_maps = [
-            torch.from_numpy(np.load(run_dir / "scorecam" / f"{names[Path(p).resolve()]}.npy"))
-            for p in paths
-        ]
-        maps["fp32"] = [torch.stack(exact_maps)]
-        seconds["fp32"] = run["seconds_per_image"]["scorecam"] * len(paths)
-        channels = run["method_counters"]["scorecam"]
-        constant_share = [channels["constant_channels"] / channels["channels"]]
-        print(f"# exact maps and seconds from {run_dir} (a separate process, back to back)")
-    exact = torch.cat(maps["fp32"]).double().flatten(1)
+    return maps, seconds, constant_share
+
+
+def load_exact_run(exact_run: str, paths, maps: dict, seconds: dict) -> list[float]:
+    """Put the exact maps and seconds of a finished run into ``maps`` / ``seconds``."""
+    run_dir = Path(exact_run)
+    run = json.loads((run_dir / "run.json").read_text())
+    if (run["precision"], run["scorecam_variant"], run["max_channels"]) != (
+        "fp32",
+        "reference",
+        None,
+    ):
+        raise SystemExit(f"{run_dir}: not an exact default ScoreCAM run")
+    with (run_dir / "predictions.csv").open(newline="") as fh:
+        names = {Path(r["file"]).resolve(): r["name"] for r in csv.DictReader(fh)}
+    exact_maps = [
+        torch.from_numpy(np.load(run_dir / "scorecam" / f"{names[Path(p).resolve()]}.npy"))
+        for p in paths
+    ]
+    maps["fp32"] = [torch.stack(exact_maps)]
+    seconds["fp32"] = run["seconds_per_image"]["scorecam"] * len(paths)
+    channels = run["method_counters"]["scorecam"]
+    constant_share = [channels["constant_channels"] / channels["channels"]]
+    print(f"# exact maps and seconds from {run_dir} (a separate process, back to back)")
+    return constant_share
+
+
+def compare_modes(
+    modes: list[str], paths, exact: torch.Tensor, maps: dict, seconds: dict
+) -> list[list]:
     rows = []
-    print(
-        f"# {args.model} {loaded.default_layer} on {len(paths)} images, device {device}, "
-        f"constant channels {100 * np.mean(constant_share):.1f}% "
-        f"(batches: min {100 * min(constant_share):.1f}%, max {100 * max(constant_share):.1f}%)"
-    )
-    print(f"fp32: {seconds['fp32'] / len(paths):.3f} s/image")
     for mode in modes:
         other = torch.cat(maps[mode]).double().flatten(1)
         a = exact - exact.mean(1, keepdim=True)
@@ -114,11 +124,36 @@ def main() -> None:
             f"mean {r.mean():.4f} max {r.max():.4f}; max abs diff max {maxabs.max():.4f}"
         )
         rows += [[p.name, mode, float(r[i]), float(maxabs[i])] for i, p in enumerate(paths)]
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
+    return rows
+
+
+def write_csv(path: str | None, rows: list[list]) -> None:
+    if path:
+        with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["image", "mode", "pearson_vs_fp32", "maxabs_vs_fp32"])
             writer.writerows(rows)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    loaded = load_model(args.model, device=device)
+    paths, x = load_images(args, loaded, device)
+    modes = [m for m in args.modes.split(",") if m]
+    cams = build_cams(args, loaded, modes)
+    maps, seconds, constant_share = run_cams(cams, x, args.batch, device)
+    if args.exact_run:
+        constant_share = load_exact_run(args.exact_run, paths, maps, seconds)
+    exact = torch.cat(maps["fp32"]).double().flatten(1)
+    print(
+        f"# {args.model} {loaded.default_layer} on {len(paths)} images, device {device}, "
+        f"constant channels {100 * np.mean(constant_share):.1f}% "
+        f"(batches: min {100 * min(constant_share):.1f}%, max {100 * max(constant_share):.1f}%)"
+    )
+    print(f"fp32: {seconds['fp32'] / len(paths):.3f} s/image")
+    rows = compare_modes(modes, paths, exact, maps, seconds)
+    write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":
