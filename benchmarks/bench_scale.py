@@ -76,9 +76,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="extra arguments for camscope run")
     parser.add_argument("--code", type=Path, default=None, help="camscope checkout to run")
     parser.add_argument("--work", type=Path, default=Path("/tmp/camscope-scale"))
-    parser.add_argument(
-        "--resume-check", action="store_true", help="rerun into the finished run"
-    )
+    parser.add_argument("--resume-check", action="store_true", help="rerun into the finished run")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
