@@ -1,31 +1,82 @@
 """camscope: paper-faithful, fast class activation maps, measured.
 
-Public API::
+Public API (pytorch-grad-cam's class and target names: switching is an import line)::
 
-    from camscope import GradCAM, AblationCAM, ScoreCAM, explain, load_model
+    from camscope import GradCAM, GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget
+    from camscope import explain, load_model, wrap_module
+
+    with GradCAM(model, target_layers=[model.layer4[-1]]) as cam:
+        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])
 """
 
 from camscope._version import __version__
-from camscope.methods import METHODS, AblationCAM, BaseCAM, CAMResult, GradCAM, ScoreCAM
-from camscope.models import LoadedModel, load_model, resolve_layer
+from camscope.methods import (
+    ISCAM,
+    METHODS,
+    RISE,
+    SSCAM,
+    AblationCAM,
+    BaseCAM,
+    BinaryClassifierOutputTarget,
+    CAMResult,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    EigenCAM,
+    EigenGradCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    RawScoresOutputTarget,
+    ScoreCAM,
+    SemanticSegmentationTarget,
+    SmoothGradCAMPlusPlus,
+    XGradCAM,
+    get_method,
+)
+from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "ISCAM",
     "METHODS",
+    "RISE",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
+    "BinaryClassifierOutputTarget",
     "CAMResult",
+    "ClassifierOutputSoftmaxTarget",
+    "ClassifierOutputTarget",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FullGrad",
     "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
     "LoadedModel",
+    "RandomCAM",
+    "RawScoresOutputTarget",
     "RunResult",
     "ScoreCAM",
+    "SemanticSegmentationTarget",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
     "__version__",
     "explain",
+    "get_method",
     "load_model",
     "resolve_layer",
+    "wrap_module",
 ]
 
 
 def __getattr__(name: str):  # lazy: the run stages pull in pyarrow/matplotlib only when used
+    """``explain`` and ``RunResult`` load the run stages on first use."""
     if name in ("explain", "RunResult"):
         from camscope import run
 
