@@ -26,6 +26,7 @@ __all__ = [
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "FinerWeightedTarget",
     "RawScoresOutputTarget",
     "SemanticSegmentationTarget",
     "SoftmaxOutputTarget",
@@ -89,6 +90,42 @@ class RawScoresOutputTarget:
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return model_output
+
+
+class FinerWeightedTarget:
+    r"""Finer-CAM's target: ``main_category`` against similar classes (pytorch-grad-cam's name).
+
+    Zhang et al., CVPR 2025, https://arxiv.org/abs/2501.11309. With :math:`y` the logits and
+    :math:`p = \mathrm{softmax}(y)`, over the comparison classes :math:`j`:
+
+    .. math::
+        s = \frac{\sum_j p_j\,(y_{main} - \alpha\, y_j)}{\sum_j p_j + 10^{-9}}
+
+    ``main_category`` may also be a target callable (camscope's FinerCAM wraps any target);
+    then :math:`y_{main}` is its score on the row.
+    """
+
+    def __init__(self, main_category: Any, comparison_categories: Sequence[int], alpha: float):
+        self.main_category = main_category
+        self.comparison_categories = [int(c) for c in comparison_categories]
+        self.alpha = float(alpha)
+        if not callable(main_category):
+            self.main_category = int(main_category)
+            self.category = self.main_category
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        def select(index: int) -> torch.Tensor:
+            return model_output[index] if model_output.ndim == 1 else model_output[..., index]
+
+        main = self.main_category
+        score = main(model_output) if callable(main) else select(main)
+        prob = torch.softmax(model_output, dim=-1)
+        numerator = denominator = torch.zeros_like(score)
+        for j in self.comparison_categories:
+            weight = prob[..., j]
+            numerator = numerator + weight * (score - self.alpha * select(j))
+            denominator = denominator + weight
+        return numerator / (denominator + 1e-9)
 
 
 class SemanticSegmentationTarget:
