@@ -490,6 +490,7 @@ def evaluate(
     The folder is checked first: every missing or damaged map is said on one line and left
     out (exit 1).
     """
+    from camscope.io import runfolder
     from camscope.run import UsageError
     from camscope.run.evaluate import evaluate_folder
 
@@ -512,8 +513,8 @@ def evaluate(
     if result.state == "interrupted":
         click.echo(f"camscope: interrupted: {run_dir} partly evaluated", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    if not quiet and "report.html" in result.files:
-        click.echo(f"camscope: report -> {result.files['report.html']}", err=True)
+    if not quiet and runfolder.REPORT_HTML in result.files:
+        click.echo(f"camscope: report -> {result.files[runfolder.REPORT_HTML]}", err=True)
     sys.exit(EXIT_FAILED if result.problems else EXIT_OK)
 
 
@@ -528,7 +529,7 @@ def evaluate(
 @click.option("--quiet", "-q", is_flag=True)
 def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
     """Build one summary and report from one or several run folders (e.g. shards)."""
-    from camscope.run import results
+    from camscope.io import runfolder
     from camscope.run.finalize import build_report
 
     if out is None and len(run_dirs) > 1:
@@ -537,8 +538,8 @@ def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
         problems = []
         for run_dir in run_dirs:
             try:
-                results.read_run(run_dir)
-            except results.RunFolderError as exc:
+                runfolder.read_run(run_dir)
+            except runfolder.RunFolderError as exc:
                 problems.append(str(exc))
         if problems:
             for line in problems:
@@ -547,11 +548,11 @@ def report(run_dirs: tuple[str, ...], out: str | None, quiet: bool) -> None:
         target = Path(out or run_dirs[0])
         try:
             files = build_report([Path(d) for d in run_dirs], target)
-        except (OSError, results.RunFolderError) as exc:
+        except (OSError, runfolder.RunFolderError) as exc:
             click.echo(f"camscope: error: {' '.join(str(exc).split())}", err=True)
             sys.exit(EXIT_FAILED)
     if not quiet:
-        click.echo(f"camscope: report -> {files.get('report.html', target)}", err=True)
+        click.echo(f"camscope: report -> {files.get(runfolder.REPORT_HTML, target)}", err=True)
 
 
 @main.command()

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from camscope.io.files import escape_name
+from camscope.io.runfolder import RUN_JSON
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -184,7 +185,7 @@ def is_run_folder(folder: str | os.PathLike[str]) -> bool:
     Such folders are never searched for input images: a run's maps and overlays are outputs, not
     inputs, even when the output folder lies inside an input folder.
     """
-    path = os.path.join(os.fspath(folder), "run.json")
+    path = os.path.join(os.fspath(folder), RUN_JSON)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode) or os.path.getsize(path) > 1 << 24:
             return False

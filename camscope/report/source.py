@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from camscope.run import results
-from camscope.run.results import RunFolderError
+from camscope.io import runfolder as results
+from camscope.io.runfolder import RunFolderError
 
 log = logging.getLogger("camscope")
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from camscope.io import collect_inputs, unique_names
+from camscope.io.runfolder import escape_path
 from camscope.run.config import RunConfig, UsageError
-from camscope.run.results import escape_path
 
 __all__ = ["Plan", "WorkItem", "content_key", "gather", "plan", "read_inputs_from", "shard_of"]
 

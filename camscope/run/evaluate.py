@@ -1,6 +1,6 @@
 """`camscope evaluate DIR`: add the metrics to a run made without ``--metrics``.
 
-The folder is checked first (`results.check_maps`): a missing, unreadable, wrong-shape or
+The folder is checked first (`runfolder.check_maps`): a missing, unreadable, wrong-shape or
 non-finite map is one error line naming the file and that map is refused, never measured
 (exit 1). A broken run.json or labels file is said under its own name. The images are then
 decoded again batch by batch and measured by the same `BatchExplainer.metrics` as a run with
@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from camscope.io import iter_images
+from camscope.io import iter_images, runfolder
 from camscope.methods import normalise_maps
-from camscope.run import results
 from camscope.run.config import RunConfig, RunContext, UsageError, check_labels, prepare
 from camscope.run.explainer import BatchExplainer
 from camscope.run.finalize import finalize
@@ -68,7 +67,7 @@ def _maps(ctx: RunContext, rows: list[dict[str, Any]]) -> torch.Tensor:
     """(B, H, W) maps of ``rows`` (one method): the saved .npy, else the table's raw map."""
     out = []
     for row in rows:
-        path = results.map_path(ctx.out_dir, row["method"], row["name"])
+        path = runfolder.map_path(ctx.out_dir, row["method"], row["name"])
         if "npy" in ctx.save_maps:
             out.append(torch.from_numpy(np.load(path, allow_pickle=False).astype(np.float32)))
             continue
@@ -88,7 +87,7 @@ def _measure(
     loaded, problems = ctx.loaded, []
     decoded = list(
         iter_images(
-            [results.unescape_path(rows[0]["file"]) for rows in group],
+            [runfolder.unescape_path(rows[0]["file"]) for rows in group],
             size=loaded.input_size,
             mean=loaded.mean,
             std=loaded.std,
@@ -121,7 +120,7 @@ def _measure(
                     v.tolist() if v.dim() else (bool(v) if v.dtype == torch.bool else float(v))
                 )
             out.append(new)
-    results.write_part(ctx.out_dir, prefix, seq, out, ctx.methods)
+    runfolder.write_part(ctx.out_dir, prefix, seq, out, ctx.methods)
     return len(keep), problems
 
 
@@ -157,9 +156,9 @@ def evaluate_folder(
     """
     run_dir = Path(run_dir)
     try:
-        run = results.read_run(run_dir)
-        problems, bad = results.check_maps(run_dir)
-    except results.RunFolderError as exc:
+        run = runfolder.read_run(run_dir)
+        problems, bad = runfolder.check_maps(run_dir)
+    except runfolder.RunFolderError as exc:
         log.error("%s", str(exc))
         return Evaluated("failed", problems=[str(exc)])
     for line in problems:
@@ -185,7 +184,7 @@ def evaluate_folder(
             f"{run_dir}: the model loaded now differs from the run's "
             f"({', '.join(diff)}); cannot evaluate its maps"
         )
-    table = results.read_table([run_dir])
+    table = runfolder.read_table([run_dir])
     explainer, prefix, n, state = BatchExplainer(ctx), f"eval-{session_prefix()}", 0, "complete"
     try:
         for seq, group in enumerate(_groups(table, bad, ctx.settings_hash, batch_size)):

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from camscope.io import iter_images, write_csv
+from camscope.io import iter_images, runfolder, write_csv
 from camscope.metrics import sanity_check
 from camscope.models import one_line
-from camscope.run import _methods, results
+from camscope.run import _methods
 from camscope.run.config import RunContext
 from camscope.run.folder import remove_temporaries, write_run_json
 
@@ -45,7 +45,7 @@ def _columns(table: Any, names: list[str]) -> dict[str, list[Any]]:
 
 def write_predictions(run_dir: Path, categories: list[str]) -> Path:
     """predictions.csv: one row per explained image (top-5, target, truth, empty maps)."""
-    table = results.read_table(
+    table = runfolder.read_table(
         [run_dir],
         columns=[
             "file",
@@ -83,12 +83,12 @@ def write_predictions(run_dir: Path, categories: list[str]) -> Path:
             ";".join(by_name[name]["empty"]),
         ]
         rows.append(row)
-    path = run_dir / "predictions.csv"
+    path = run_dir / runfolder.PREDICTIONS_CSV
     write_csv(path, header, rows)
     return path
 
 
-#: A finished run with this many part files or more gets them merged (`results.compact`).
+#: A finished run with this many part files or more gets them merged (`runfolder.compact`).
 COMPACT_FROM = 16
 
 METRIC_CSV = (
@@ -122,14 +122,14 @@ def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
         "share_above_half",
         *METRIC_CSV,
     ]
-    pairs = [f"{p}{m}" for p in results.PAIR_PREFIXES for m in methods]
-    table = results.read_table([run_dir], columns=[*base, *pairs])
+    pairs = [f"{p}{m}" for p in runfolder.PAIR_PREFIXES for m in methods]
+    table = runfolder.read_table([run_dir], columns=[*base, *pairs])
     cols = _columns(table, table.column_names)
     header = ["name", *base, *[c for c in pairs if c in cols]]
     ok = zip(cols["name"], cols["method"], cols["status"], strict=True)
     order = sorted((n, m, i) for i, (n, m, s) in enumerate(ok) if s == "ok")
     rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for _, _, i in order]
-    path = run_dir / "metrics.csv"
+    path = run_dir / runfolder.METRICS_CSV
     write_csv(path, header, rows)
     return path
 
@@ -137,7 +137,7 @@ def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
 def _sample(ctx: RunContext) -> tuple[list[str], torch.Tensor] | None:
     """The sanity check's own sample: the first N explained images by name, decoded again."""
     n = ctx.config.sanity_images
-    table = results.read_table([ctx.out_dir], columns=["file"])
+    table = runfolder.read_table([ctx.out_dir], columns=["file"])
     ok = sorted(
         {
             (nm, f)
@@ -152,7 +152,7 @@ def _sample(ctx: RunContext) -> tuple[list[str], torch.Tensor] | None:
     loaded = ctx.loaded
     decoded = list(
         iter_images(
-            [results.unescape_path(f) for _, f in ok],
+            [runfolder.unescape_path(f) for _, f in ok],
             size=loaded.input_size,
             mean=loaded.mean,
             std=loaded.std,
@@ -223,7 +223,7 @@ def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> No
         log.info("%s", f"write {name} ({time.perf_counter() - start:.1f} s)")
     except Exception as exc:  # noqa: BLE001 - one output failing must not lose the others
         cause = getattr(exc, "strerror", None) or one_line(exc)
-        line = f"{results.escape_path(path)}: cannot write ({cause})"
+        line = f"{runfolder.escape_path(path)}: cannot write ({cause})"
         log.error("%s", line)
         out.problems.append(line)
 
@@ -255,42 +255,41 @@ def finalize(
     out, run_dir = Finalized(), ctx.out_dir
     started = time.perf_counter()
     remove_temporaries(run_dir)  # left by a killed writer (e.g. a Ray actor stopped mid-write)
-    if len(results.part_files(run_dir)) >= COMPACT_FROM:
+    if len(runfolder.part_files(run_dir)) >= COMPACT_FROM:
         _attempt(
             out,
-            "results",
-            run_dir / results.RESULTS,
-            lambda: results.compact(run_dir, COMPACT_FROM),
+            runfolder.RESULTS,
+            run_dir / runfolder.RESULTS,
+            lambda: runfolder.compact(run_dir, COMPACT_FROM),
         )
-    predictions = run_dir / "predictions.csv"
     _attempt(
         out,
-        "predictions.csv",
-        predictions,
+        runfolder.PREDICTIONS_CSV,
+        run_dir / runfolder.PREDICTIONS_CSV,
         lambda: write_predictions(run_dir, ctx.loaded.categories),
     )
     if ctx.config.metrics and state == "complete":
         _attempt(
             out,
-            "metrics.csv",
-            run_dir / "metrics.csv",
+            runfolder.METRICS_CSV,
+            run_dir / runfolder.METRICS_CSV,
             lambda: write_metrics_csv(run_dir, ctx.methods),
         )
-        sanity = run_dir / results.SANITY
+        sanity = run_dir / runfolder.SANITY
         if ctx.config.sanity_images and (changed or not sanity.is_file()):
             _attempt(
                 out,
-                results.SANITY,
+                runfolder.SANITY,
                 sanity,
-                lambda: results.write_sanity(run_dir, sanity_rows(ctx, stop)),
+                lambda: runfolder.write_sanity(run_dir, sanity_rows(ctx, stop)),
             )
         if stop is not None and stop.is_set():
             state = "interrupted"
-        elif changed or not (run_dir / "report.html").is_file():
+        elif changed or not (run_dir / runfolder.REPORT_HTML).is_file():
             _attempt(
                 out,
-                "report.html",
-                run_dir / "report.html",
+                runfolder.REPORT_HTML,
+                run_dir / runfolder.REPORT_HTML,
                 lambda: out.files.update(build_report([run_dir], run_dir)),
             )
     out.state = state
@@ -302,5 +301,5 @@ def finalize(
         log.error("%s", problem)
         out.problems.append(problem)
     else:
-        out.files["run.json"] = run_dir / results.RUN_JSON
+        out.files[runfolder.RUN_JSON] = run_dir / runfolder.RUN_JSON
     return out

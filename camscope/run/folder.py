@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from camscope.io import TEMP_PREFIX, write_json
-from camscope.run import _methods, results
+from camscope.io import TEMP_PREFIX, runfolder, write_json
+from camscope.run import _methods
 from camscope.run.config import RunContext, UsageError
 
 __all__ = ["known_entries", "open_run", "remove_temporaries", "run_record", "write_run_json"]
@@ -45,13 +45,15 @@ def known_entries(out: Path) -> list[Path]:
     """Entries of ``out`` that belong to a camscope run (what --overwrite removes)."""
     if not out.is_dir():
         return []
-    found = [out / n for n in (results.RUN_JSON, results.RESULTS, *results.DERIVED_FILES)]
+    found = [out / n for n in (runfolder.RUN_JSON, runfolder.RESULTS, *runfolder.DERIVED_FILES)]
     found = [p for p in found if os.path.lexists(p)]
-    found += sorted(p for p in out.glob("grid*.png"))
+    found += sorted(p for p in out.glob(runfolder.GRID_GLOB))
     for method in _methods.method_names():
         folder = out / method
         if folder.is_dir() and not folder.is_symlink():
-            found += sorted(p for p in folder.iterdir() if p.suffix in (".npy", ".png"))
+            found += sorted(
+                p for p in folder.iterdir() if p.suffix.lstrip(".") in runfolder.MAP_KINDS
+            )
     return found
 
 
@@ -71,7 +73,7 @@ def remove_temporaries(out: Path) -> None:
 
     Call only while no writer is active: at the start of a resumed run, in `finalize`.
     """
-    folders = [out, out / results.RESULTS, *(out / m for m in _methods.method_names())]
+    folders = [out, out / runfolder.RESULTS, *(out / m for m in _methods.method_names())]
     for folder in folders:
         if folder.is_dir():
             for path in folder.glob(f"{TEMP_PREFIX}*.tmp"):
@@ -107,10 +109,10 @@ def open_run(ctx: RunContext) -> dict[str, Any]:
         log.info("overwrite: removed %d file(s) of the earlier run in %s", len(entries), out)
     elif entries:
         try:
-            previous = results.read_run(out)
-        except results.RunFolderError as exc:
+            previous = runfolder.read_run(out)
+        except runfolder.RunFolderError as exc:
             raise UsageError(
-                f"{exc}; {out} holds outputs that are not a camscope 0.2 run: "
+                f"{exc}; {out} holds outputs that are not a {runfolder.FORMAT_NAME}: "
                 "use --overwrite to replace them, or another --out"
             ) from None
         if previous.get("settings_hash") != ctx.settings_hash:
@@ -127,9 +129,11 @@ def open_run(ctx: RunContext) -> dict[str, Any]:
         remove_temporaries(out)
     record = run_record(ctx, previous)
     try:
-        write_json(out / results.RUN_JSON, record)
+        write_json(out / runfolder.RUN_JSON, record)
     except OSError as exc:
-        raise UsageError(f"{out / results.RUN_JSON}: cannot write ({exc.strerror or exc})") from exc
+        raise UsageError(
+            f"{out / runfolder.RUN_JSON}: cannot write ({exc.strerror or exc})"
+        ) from exc
     return record
 
 
@@ -174,10 +178,10 @@ def run_record(ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, An
 
 def write_run_json(out: Path, record: dict[str, Any]) -> str | None:
     """Write run.json; None, or the one-line problem when it could not be written."""
-    path = out / results.RUN_JSON
+    path = out / runfolder.RUN_JSON
     try:
         write_json(path, record)
     except (OSError, TypeError, ValueError) as exc:
         cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())
-        return f"{results.escape_path(path)}: cannot write run state ({cause})"
+        return f"{runfolder.escape_path(path)}: cannot write run state ({cause})"
     return None

@@ -23,9 +23,8 @@ from typing import Any
 
 from torch import nn
 
-from camscope.io import LoadedImage, iter_images
+from camscope.io import LoadedImage, iter_images, runfolder
 from camscope.models import LoadedModel, wrap_module
-from camscope.run import results
 from camscope.run.collect import Plan, WorkItem, plan
 from camscope.run.config import RunConfig, RunContext, UsageError, prepare
 from camscope.run.explainer import BatchExplainer
@@ -125,7 +124,7 @@ def run_local(
     ctx = prepare(config, loaded=loaded)
     record = open_run(ctx)
     done = (
-        results.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods)
+        runfolder.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods)
         if record["resumed"]
         else set()
     )

@@ -528,7 +528,7 @@ def _drive(
 
 
 def _escaped(path: Any) -> str:
-    from camscope.run.results import escape_path
+    from camscope.io.runfolder import escape_path
 
     return escape_path(os.fsdecode(bytes(path)))
 
@@ -577,13 +577,14 @@ def _run(
     """Run on Ray: open -> plan -> (decode -> explain -> write on the actors) -> finalize."""
     import ray
 
-    from camscope.run import finalize, open_run, plan, results
+    from camscope.io import runfolder
+    from camscope.run import finalize, open_run, plan
     from camscope.run.local import RunResult
 
     t0 = time.perf_counter()
     record = open_run(ctx)
     resumed = record["resumed"]
-    done = results.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods) if resumed else set()
+    done = runfolder.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods) if resumed else set()
     todo = plan(ctx.config, done)
     n_in = todo.n_total + len(todo.failures)
     log.info("collect: %d input(s), %d to explain (%.1f s)", n_in, len(todo.items),
@@ -638,12 +639,12 @@ def write_grid(ctx: Any, items: Sequence[WorkItem]) -> list[str]:
     """
     import torch
 
-    from camscope.io import InputError, load_image, resize_rgb
+    from camscope.io import InputError, load_image, resize_rgb, runfolder
     from camscope.methods import normalise_maps
-    from camscope.run import BatchOutput, results
+    from camscope.run import BatchOutput
     from camscope.run.writer import GRID_IMAGES
 
-    table = results.read_table([ctx.out_dir], columns=_GRID_COLUMNS).to_pylist()
+    table = runfolder.read_table([ctx.out_dir], columns=_GRID_COLUMNS).to_pylist()
     rows = {(r["key"], r["name"], r["method"]): r for r in table if r["status"] == "ok"}
     size = tuple(int(v) for v in ctx.loaded.input_size)
     writer = RunWriter(ctx, grid=True)

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from camscope.io import save_npy, save_png
-from camscope.run import results
+from camscope.io import runfolder, save_npy, save_png
 from camscope.run.collect import WorkItem
 from camscope.run.config import RunContext
 from camscope.run.explainer import BatchOutput, failed_row
@@ -69,10 +68,10 @@ class RunWriter:
         name = out.items[j].name
         for method, maps in out.maps.items():
             if "npy" in self.ctx.save_maps:
-                save_npy(results.map_path(self.out, method, name, "npy"), maps[j])
+                save_npy(runfolder.map_path(self.out, method, name, "npy"), maps[j])
             if "png" in self.ctx.save_maps:
                 save_png(
-                    results.map_path(self.out, method, name, "png"), overlay(out.rgbs[j], maps[j])
+                    runfolder.map_path(self.out, method, name, "png"), overlay(out.rgbs[j], maps[j])
                 )
 
     def write(self, out: BatchOutput) -> None:
@@ -90,7 +89,7 @@ class RunWriter:
                 self.fail(
                     item,
                     f"cannot write outputs ({exc.strerror or exc}: "
-                    f"{results.escape_path(exc.filename or self.out)})",
+                    f"{runfolder.escape_path(exc.filename or self.out)})",
                 )
                 continue
             rows += ok_rows.get(item.name, [])
@@ -105,9 +104,9 @@ class RunWriter:
         if not rows:
             return
         try:
-            results.write_part(self.out, self.prefix, self.seq, rows, self.ctx.methods)
+            runfolder.write_part(self.out, self.prefix, self.seq, rows, self.ctx.methods)
         except OSError as exc:
-            path = self.out / results.RESULTS / f"part-{self.prefix}-{self.seq:06d}.parquet"
+            path = self.out / runfolder.RESULTS / runfolder.part_name(self.prefix, self.seq)
             line = f"{path}: cannot write results ({exc.strerror or exc}); {len(rows)} row(s) lost"
             log.error("%s", line)
             self.problems.append(line)
@@ -138,7 +137,7 @@ class RunWriter:
         if not self.grid_rows:
             return
         page = len(self.grid_pages) + 1
-        stem = "grid" if page == 1 else f"grid-{page}"
+        stem = runfolder.grid_page_stem(page)
         try:
             self.grid_pages += save_grid(
                 self.out,
