@@ -11,7 +11,9 @@ Public API (pytorch-grad-cam's class and target names: switching is an import li
 
 from camscope._version import __version__
 from camscope.methods import (
+    FEM,
     ISCAM,
+    KPCA_CAM,
     METHODS,
     RISE,
     SSCAM,
@@ -33,6 +35,7 @@ from camscope.methods import (
     RandomCAM,
     RawScoresOutputTarget,
     ScoreCAM,
+    SegEigenCAM,
     SemanticSegmentationTarget,
     SmoothGradCAMPlusPlus,
     XGradCAM,
@@ -41,6 +44,9 @@ from camscope.methods import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "FEM",
+    "KPCA_CAM",
+    "SegEigenCAM",
     "ISCAM",
     "METHODS",
     "RISE",

@@ -1,8 +1,8 @@
 """Class activation map methods, one class each, over a shared `BaseCAM`.
 
 Families: `camscope.methods.gradient`, `camscope.methods.eigen`,
-`camscope.methods.perturbation`. Each method registers itself in `METHODS`
-(`camscope.methods.registry`), which the CLI, run metadata and report read.
+`camscope.methods.activation`, `camscope.methods.perturbation`. Each method registers itself
+in `METHODS` (`camscope.methods.registry`), which the CLI, run metadata and report read.
 
 Usage::
 
@@ -17,8 +17,9 @@ Usage::
 
 from __future__ import annotations
 
+from camscope.methods.activation import FEM
 from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
-from camscope.methods.eigen import EigenCAM, EigenGradCAM
+from camscope.methods.eigen import KPCA_CAM, EigenCAM, EigenGradCAM, SegEigenCAM
 from camscope.methods.gradient import (
     FullGrad,
     GradCAM,
@@ -51,6 +52,9 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "FEM",
+    "KPCA_CAM",
+    "SegEigenCAM",
     "ISCAM",
     "METHODS",
     "RISE",

@@ -90,7 +90,7 @@ class MethodSpec:
 
 #: name -> MethodSpec, in display order: by family (`FAMILIES`), then registration order.
 METHODS: dict[str, MethodSpec] = {}
-FAMILIES = ("gradient", "eigen", "perturbation", "baseline")
+FAMILIES = ("gradient", "eigen", "activation", "perturbation", "meta", "baseline")
 
 
 def _key(name: str) -> str:
