@@ -182,3 +182,143 @@ def test_sanity_verdict_rule():
     assert not partly.passed and partly.n_empty == 1 and partly.mean_abs == pytest.approx(0.05)
     assert M.sanity_verdict([math.nan], [False]).outcome == "fail"
     assert M.empty_maps(torch.full((1, 4, 4), 0.3)).tolist() == [True]
+
+
+# ------------------------------------------------------------------ multiple comparisons (17.7)
+
+
+def _null_family(seed: int, k: int = 9, n: int = 40) -> dict[str, np.ndarray]:
+    """k methods: the first is 0.15 better; the other k-1 have the same true mean.
+
+    Each image has its own difficulty shared by every method (as in real runs), plus noise.
+    """
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0.2, 0.6, size=n)
+    out = {f"m{i}": image + rng.normal(0, 0.08, size=n) for i in range(k)}
+    out["m0"] = out["m0"] + 0.15
+    return out
+
+
+def test_correction_removes_a_chance_difference_and_keeps_a_real_one():
+    samples = _null_family(seed=10)  # 6 of 28 null pairs "significant" uncorrected
+    c = M.compare_methods(samples, resamples=4000)
+    null = [p for p in c.pairs if "m0" not in p]  # 28 pairs whose true difference is 0
+    # uncorrected, some of the 28 null pairs come out "significant" by chance ...
+    chance = [p for p in null if c.uncorrected[p].significant]
+    assert chance, "this seed must show a chance difference without correction"
+    # ... corrected, none does, while the real lead of m0 stays significant against all 8
+    assert not any(c.pairs[p].significant for p in null)
+    assert all(c.pairs[("m0", f"m{i}")].significant for i in range(1, 9))
+    assert all(c.pairs[p].low <= c.uncorrected[p].low for p in c.pairs)  # wider, never narrower
+    assert all(c.pairs[p].p >= c.uncorrected[p].p - 1e-12 for p in chance)
+    # the ranking names m0 best only from the corrected comparisons
+    r = M.rank_methods(samples, higher_is_better=True, tolerance=5e-4, resamples=4000)
+    assert r.best == "m0" and r.comparisons is not None and r.pairs == r.comparisons.pairs
+
+
+def test_simultaneous_intervals_cover_together_by_simulation():
+    """Family-wise coverage over 200 seeded data sets: ~95% corrected, far less uncorrected."""
+    truth = np.array([0.0, 0.05, 0.05, 0.1, 0.0])  # 5 methods, 10 pairs, known differences
+    covered = {"corrected": 0, "uncorrected": 0}
+    runs = 200
+    for seed in range(runs):
+        rng = np.random.default_rng(1000 + seed)
+        image = rng.uniform(0.2, 0.6, size=30)
+        samples = {f"m{i}": image + t + rng.normal(0, 0.1, size=30) for i, t in enumerate(truth)}
+        c = M.compare_methods(samples, resamples=1000, seed=seed)
+        for kind, pairs in (("corrected", c.pairs), ("uncorrected", c.uncorrected)):
+            true = {(a, b): truth[int(a[1])] - truth[int(b[1])] for a, b in pairs}
+            covered[kind] += all(d.low <= true[p] <= d.high for p, d in pairs.items())
+    assert covered["corrected"] / runs >= 0.91  # nominal 0.95; binomial sd 0.015
+    assert covered["uncorrected"] / runs <= 0.85  # ten 95% intervals do not cover together
+
+
+def test_simultaneous_critical_value_matches_exhaustive_bootstrap():
+    """c against the exact bootstrap-t: every one of the 6**6 resamples, float64, brute force."""
+    rng = np.random.default_rng(5)
+    x = {m: rng.uniform(0, 1, size=6) for m in "abc"}
+    pairs = list(itertools.combinations("abc", 2))
+    diffs = np.stack([x[a] - x[b] for a, b in pairs], axis=1)  # (6, 3)
+    idx = np.array(list(itertools.product(range(6), repeat=6)))  # 46,656 resamples
+    drawn = diffs[idx]  # (46656, 6, 3)
+    boot, boot_se = drawn.mean(axis=1), drawn.std(axis=1, ddof=1) / math.sqrt(6)
+    d, se = diffs.mean(axis=0), diffs.std(axis=0, ddof=1) / math.sqrt(6)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_max = np.nan_to_num(np.abs(boot - d) / boot_se, nan=0.0).max(axis=1)
+    exact = np.quantile(t_max, 0.95, method="higher")
+    c = M.compare_methods(x, resamples=40_000, min_n=1)
+    assert c.critical == pytest.approx(exact, rel=0.04)
+    for p, (a, b) in enumerate(pairs):
+        got = c.pairs[(a, b)]
+        assert got.mean == pytest.approx(d[p])
+        assert (got.low, got.high) == pytest.approx(
+            (d[p] - exact * se[p], d[p] + exact * se[p]), abs=0.04 * exact * se[p] + 1e-9
+        )
+        assert c.difference(b, a).mean == pytest.approx(-d[p])
+
+
+def test_comparisons_edge_cases():
+    same = np.linspace(0.1, 0.9, 12)
+    c = M.compare_methods({"a": same, "b": same + 0.1, "c": same})
+    assert c.pairs[("a", "b")] == pytest.approx((-0.1, -0.1, -0.1, True, 12, 0.0))
+    assert not c.pairs[("a", "c")].significant and c.pairs[("a", "c")].mean == 0
+    few = M.compare_methods({"a": same[:5], "b": same[:5] + 0.3})
+    assert not few.pairs[("a", "b")].significant  # n < MIN_N
+    gaps = M.compare_methods({"a": [0.1, np.nan, 0.3], "b": [0.0, 0.2, np.nan]})
+    assert gaps.pairs[("a", "b")].n == 1 and math.isnan(gaps.pairs[("a", "b")].low)
+    assert M.compare_methods({"a": same}).pairs == {}
+    with pytest.raises(ValueError, match="length"):
+        M.compare_methods({"a": [1.0], "b": [1.0, 2.0]})
+
+
+# ------------------------------------------------------------------ ranking robustness (17.6)
+
+
+def _tau_b_by_hand(x, y) -> float:
+    """Kendall's tau-b from its definition: (C - D) / sqrt((P - Tx)(P - Ty)), float64 loops."""
+    conc = disc = tx = ty = pairs = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        pairs += 1
+        sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        tx += sx == 0
+        ty += sy == 0
+        conc += sx * sy > 0
+        disc += sx * sy < 0
+    return (conc - disc) / math.sqrt((pairs - tx) * (pairs - ty))
+
+
+def test_kendall_tau_b_matches_its_definition():
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        x, y = rng.integers(0, 4, size=6).astype(float), rng.normal(size=6)
+        y[1] = y[0]  # ties on both sides
+        if len(set(x)) == 1:
+            continue
+        assert M.kendall_tau_b(x, y) == pytest.approx(_tau_b_by_hand(x, y), abs=1e-12)
+    assert math.isnan(M.kendall_tau_b(np.ones(4), np.arange(4.0)))
+    assert M.kendall_tau_b(np.array([0.1, 0.2]), np.array([0.0, 1.0]), tolerance_x=0.5) != 1
+
+
+def test_ranking_agreement_between_metrics():
+    rng = np.random.default_rng(8)
+    n, image = 60, rng.uniform(0, 1, size=60)
+    level = {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.3}
+    up = {m: image + v + rng.normal(0, 0.05, n) for m, v in level.items()}  # d best
+    down = {m: image - v + rng.normal(0, 0.05, n) for m, v in level.items()}  # a best
+    lower = {m: image + v + rng.normal(0, 0.05, n) for m, v in level.items()}  # lower is better
+    got = M.ranking_agreement(
+        {"up": up, "down": down, "lower": lower},
+        {"up": True, "down": True, "lower": False},
+        resamples=2000,
+    )
+    agree, flip = got[("up", "down")], got[("up", "lower")]
+    assert agree.mean == pytest.approx(-1.0) and agree.high < 0 and agree.meaningful
+    assert flip.mean == pytest.approx(-1.0) and got[("down", "lower")].mean == pytest.approx(1.0)
+    # the point estimate is tau-b of the mean orders, by hand
+    noisy = {m: image + rng.normal(0, 0.3, n) for m in level}
+    got = M.ranking_agreement({"up": up, "noisy": noisy}, {"up": True, "noisy": True},
+                              resamples=2000)  # fmt: skip
+    tau = got[("up", "noisy")]
+    means = [[np.mean(s[m]) for m in level] for s in (up, noisy)]
+    assert tau.mean == pytest.approx(_tau_b_by_hand(*means))
+    assert tau.low <= tau.mean <= tau.high and tau.high - tau.low > 0.5  # noisy: wide

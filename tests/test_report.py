@@ -318,3 +318,23 @@ def test_links_only_to_files_that_exist(tmp_path):
     run = make_run(tmp_path / "run", 3, methods=("gradcam",), metrics=False)
     page = _parse(build_report([run], run, resamples=200)["report.html"])
     assert page.links == ["results"]
+
+
+def test_comparisons_csv_lists_every_pair_corrected(small):
+    run, out = small
+    table = pq.read_table(run / "results").to_pandas()
+    with out["comparisons.csv"].open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(METRICS) * 3  # k(k-1)/2 = 3 pairs per metric
+    for row in rows:
+        spec = next(s for s in METRICS if s.key == row["metric"])
+        per = {m: table[table["method"] == m].set_index("name")[spec.key].astype(float)
+               for m in (row["method_a"], row["method_b"])}  # fmt: skip
+        diff = (per[row["method_a"]] - per[row["method_b"]]).dropna().to_numpy()
+        assert float(row["difference"]) == pytest.approx(diff.mean() * spec.scale, abs=1e-4)
+        assert int(row["n"]) == len(diff)
+        assert row["correction"] == M.CORRECTION
+        low, high = float(row["low"]), float(row["high"])
+        u_low, u_high = float(row["uncorrected_low"]), float(row["uncorrected_high"])
+        assert low <= u_low + 1e-9 and u_high <= high + 1e-9  # corrected is never narrower
+        assert row["significant"] == str(low > 0 or high < 0)

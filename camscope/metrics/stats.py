@@ -8,8 +8,16 @@
   score interval (Wilson, JASA 1927), always inside [0, 1] and sensible at 0 or n successes.
 - Paired differences between two methods on the same images: `paired_difference`, the percentile
   bootstrap of the mean difference; it is significant when its interval excludes 0.
+- The k(k-1)/2 paired differences of k methods on one metric: `compare_methods`, simultaneous
+  bootstrap intervals (max-|t| bootstrap-t: Westfall & Young, "Resampling-Based Multiple
+  Testing", 1993, ch. 2; Hothorn, Bretz & Westfall, Biometrical Journal 2008). Images are
+  resampled together for every pair; each interval is ``d +- c se`` with ``c`` the `CONFIDENCE`
+  quantile of the largest studentised deviation over all pairs, so that all intervals cover
+  together (family-wise error controlled).
 - Rankings: `rank_methods` reports ties (means equal within a stated tolerance) as ties and names a
-  best method only when it is significantly ahead of every other one.
+  best method only when it is significantly ahead of every other one after that correction.
+- Agreement between metrics' rankings: `ranking_agreement`, Kendall's tau-b between two metrics'
+  orders of the methods with a percentile-bootstrap interval over images.
 - Below `MIN_N` images an interval is still computed but flagged not meaningful
   (``Interval.meaningful``), and no difference is called significant.
 
@@ -18,9 +26,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -40,6 +49,8 @@ SEED = 0
 _CHUNK_VALUES = 2**22
 #: At most this many distinct values: resample counts per value (multinomial) instead of indices.
 _FEW_VALUES = 32
+#: How `compare_methods` (and so every ranking) corrects for the number of comparisons.
+CORRECTION = "simultaneous bootstrap-t intervals (max-|t|)"
 
 
 def _as_array(values: object) -> np.ndarray:
@@ -202,9 +213,11 @@ def proportion_interval(
 
 
 class PairedDifference(NamedTuple):
-    """Mean of ``a - b`` over paired samples with its percentile-bootstrap interval.
+    """Mean of ``a - b`` over paired samples with its bootstrap interval.
 
-    significant: n >= the minimum n and the interval excludes 0.
+    significant: n >= the minimum n and the interval excludes 0. p: the bootstrap p-value, adjusted
+    for the family of comparisons when the difference comes from `compare_methods` (NaN from
+    `paired_difference`).
     """
 
     mean: float
@@ -212,6 +225,7 @@ class PairedDifference(NamedTuple):
     high: float
     significant: bool
     n: int
+    p: float = math.nan
 
 
 def paired_difference(
@@ -243,6 +257,243 @@ def paired_difference(
     return PairedDifference(iv.mean, iv.low, iv.high, significant, iv.n)
 
 
+def resample_counts(n: int, resamples: int, seed: int = SEED) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of n images as counts: chunks of (m, n) float64, rows summing to n.
+
+    Row r says how often each image is drawn in resample r (n draws with replacement), so a
+    statistic that is a mean over images is ``counts @ values / n`` for every resample at once,
+    and several statistics computed from the same chunk share the same resampled images.
+    Chunks hold at most ``_CHUNK_VALUES`` counts.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_VALUES // max(n, 1))
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(m, n)) + np.arange(m)[:, None] * n
+        yield np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
+
+
+def _resampled_moments(
+    values: np.ndarray, resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample, each column's mean and standard error over its finite rows: two (R, p).
+
+    The standard error is ``sd / sqrt(m)`` of the resampled rows (sd with ddof 1, m the rows
+    drawn); NaN where a resample holds no finite row of the column (se: fewer than 2).
+    """
+    finite = np.isfinite(values)
+    zeroed = np.where(finite, values, 0.0)
+    weights = finite.astype(np.float64)
+    means, errors = [], []
+    for counts in resample_counts(values.shape[0], resamples, seed):
+        number = counts @ weights
+        safe = np.where(number > 0, number, 1)
+        mean = counts @ zeroed / safe
+        second = counts @ (zeroed * zeroed) / safe
+        var = np.maximum(second - mean * mean, 0.0) * number / np.where(number > 1, number - 1, 1)
+        means.append(np.where(number > 0, mean, np.nan))
+        errors.append(np.where(number > 1, np.sqrt(var / safe), np.nan))
+    if not means:
+        empty = np.empty((0, values.shape[1]))
+        return empty, empty
+    return np.concatenate(means), np.concatenate(errors)
+
+
+def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of each column of ``values`` (n, p) over its finite rows, per resample: (R, p)."""
+    return _resampled_moments(values, resamples, seed)[0]
+
+
+@dataclass(frozen=True)
+class Comparisons:
+    """Every paired difference of k methods on one metric, corrected for the k(k-1)/2 tests.
+
+    methods: in the order given. pairs: (a, b) with a before b -> `PairedDifference` of a - b with
+    its simultaneous interval and adjusted p (see `compare_methods`). uncorrected: the same pairs
+    with per-pair percentile intervals and unadjusted p-values, from the same resamples (kept for
+    the data files; the report calls nothing significant from them). critical: the multiplier c.
+    """
+
+    methods: list[str]
+    pairs: dict[tuple[str, str], PairedDifference]
+    uncorrected: dict[tuple[str, str], PairedDifference]
+    critical: float
+    confidence: float
+    resamples: int
+    correction: str = CORRECTION
+
+    def difference(self, a: str, b: str) -> PairedDifference:
+        """The corrected difference ``a - b`` in either order (negated when stored as b - a)."""
+        if (a, b) in self.pairs:
+            return self.pairs[(a, b)]
+        d = self.pairs[(b, a)]
+        return PairedDifference(-d.mean, -d.high, -d.low, d.significant, d.n, d.p)
+
+
+def _two_sided_p(boot: np.ndarray) -> float:
+    """Percentile-bootstrap p-value of "mean difference = 0": twice the smaller tail share."""
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan
+    return float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+
+
+def _max_t(diff: np.ndarray, resamples: int, seed: int, confidence: float) -> dict:
+    """The studentised bootstrap of every column of ``diff`` (n, p) and the max-|t| quantile."""
+    finite = np.isfinite(diff)
+    n = finite.sum(axis=0)
+    zeroed = np.where(finite, diff, 0.0)
+    mean = np.where(n > 0, zeroed.sum(0) / np.maximum(n, 1), np.nan)
+    sq = np.where(finite, (diff - mean) ** 2, 0.0).sum(0)
+    se = np.where(n > 1, np.sqrt(sq / np.maximum(n - 1, 1) / np.maximum(n, 1)), np.nan)
+    boot, boot_se = _resampled_moments(diff, resamples, seed)
+    tiny = 1e-12 * np.maximum(np.abs(np.nan_to_num(mean)), 1.0)  # float noise of a constant
+    varies = (n > 1) & (se > tiny)
+    boot_se = np.where(boot_se > tiny, boot_se, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(boot[:, varies] - mean[varies]) / boot_se[:, varies]
+        t_obs = np.abs(mean) / se
+    t = np.nan_to_num(t, nan=0.0, posinf=np.inf)
+    t_max = t.max(axis=1) if varies.any() else np.empty(0)
+    critical = float(np.quantile(t_max, confidence, method="higher")) if t_max.size else math.nan
+    return {"n": n, "mean": mean, "se": se, "boot": boot, "varies": varies, "t_obs": t_obs,
+            "t_max": t_max, "critical": critical}  # fmt: skip
+
+
+def compare_methods(
+    samples: Mapping[str, object],
+    confidence: float = CONFIDENCE,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    min_n: int = MIN_N,
+) -> Comparisons:
+    """All paired differences of the methods in ``samples`` with simultaneous intervals.
+
+    ``samples``: method -> per-image values aligned over the same images (NaN = no value; a pair
+    uses the images both have). For pair p: d_p the mean difference, se_p = sd / sqrt(n). The
+    images are resampled together ``resamples`` times (the same images for every pair);
+    ``T* = max_p |d*_p - d_p| / se*_p`` (each resample's own standard error: the bootstrap-t) and
+    c is its ``confidence`` quantile. The interval is ``d_p +- c se_p`` and the adjusted p the
+    share of resamples with ``T* >= |d_p| / se_p``, so all intervals cover their true
+    differences together with probability ``confidence`` (asymptotically; checked by simulation
+    in the tests). A pair is significant when its interval excludes 0 and it has at least
+    ``min_n`` images; a pair whose differences are all equal has the point interval [d, d].
+
+    Example:
+        >>> c = compare_methods({"a": [0.5, 0.6, 0.7] * 4, "b": [0.4, 0.5, 0.6] * 4})
+        >>> d = c.pairs[("a", "b")]
+        >>> round(d.mean, 6), d.significant, d.n
+        (0.1, True, 12)
+    """
+    methods = list(samples)
+    arrays = {m: _as_array(samples[m]) for m in methods}
+    if len({a.size for a in arrays.values()}) > 1:
+        raise ValueError(f"samples differ in length: {sorted({a.size for a in arrays.values()})}")
+    keys = list(itertools.combinations(methods, 2))
+    if not keys:
+        return Comparisons(methods, {}, {}, math.nan, confidence, resamples)
+    diff = np.stack([arrays[a] - arrays[b] for a, b in keys], axis=1)
+    f = _max_t(diff, resamples, seed, confidence)
+    alpha = (1 - confidence) / 2
+    pairs, uncorrected = {}, {}
+    for p, key in enumerate(keys):
+        m, k, c = float(f["mean"][p]), int(f["n"][p]), f["critical"]
+        low = high = p_adj = p_raw = raw_low = raw_high = math.nan
+        if k > 1:
+            raw = np.nanquantile(f["boot"][:, p], [alpha, 1 - alpha])
+            raw_low, raw_high = float(raw[0]), float(raw[1])
+            low = high = m
+            p_adj = p_raw = float(m == 0)
+        if f["varies"][p]:
+            low, high = m - c * f["se"][p], m + c * f["se"][p]
+            p_adj = float((1 + np.sum(f["t_max"] >= f["t_obs"][p])) / (1 + f["t_max"].size))
+            p_raw = _two_sided_p(f["boot"][:, p])
+        sig = bool(k >= min_n and (low > 0 or high < 0))
+        raw_sig = bool(k >= min_n and (raw_low > 0 or raw_high < 0))
+        pairs[key] = PairedDifference(m, float(low), float(high), sig, k, p_adj)
+        uncorrected[key] = PairedDifference(m, raw_low, raw_high, raw_sig, k, p_raw)
+    return Comparisons(methods, pairs, uncorrected, f["critical"], confidence, resamples)
+
+
+def kendall_tau_b(
+    x: np.ndarray, y: np.ndarray, tolerance_x: float = 0.0, tolerance_y: float = 0.0
+) -> np.ndarray:
+    """Kendall's tau-b between the last axes of ``x`` and ``y`` (..., k) -> (...).
+
+    Two values within ``tolerance`` count as tied (the report's ties). NaN where either side is
+    all tied or k < 2.
+    """
+    i, j = np.triu_indices(x.shape[-1], k=1)
+    dx, dy = x[..., i] - x[..., j], y[..., i] - y[..., j]
+    sx = np.where(np.abs(dx) <= tolerance_x, 0.0, np.sign(dx))
+    sy = np.where(np.abs(dy) <= tolerance_y, 0.0, np.sign(dy))
+    denom = np.sqrt((sx * sx).sum(-1) * (sy * sy).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (sx * sy).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
+
+
+def ranking_agreement(
+    samples: Mapping[str, Mapping[str, object]],
+    higher_is_better: Mapping[str, bool],
+    *,
+    tolerance: Mapping[str, float] | None = None,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    min_n: int = MIN_N,
+) -> dict[tuple[str, str], Interval]:
+    """Kendall tau-b between every two metrics' orders of the methods, with bootstrap intervals.
+
+    ``samples``: metric -> method -> per-image values, aligned over the same images (NaN = no
+    value). A metric's order is that of the methods' means (better first, ties within
+    ``tolerance[metric]``). For each pair of metrics, only the methods with a mean on both count;
+    images are resampled together (the same resampled images for every metric and method) and
+    the interval is the percentile interval of the resampled taus. tau = 1: the two metrics
+    order the methods alike; 0: unrelated; -1: reversed. Meaningful when every image count is at
+    least ``min_n``.
+    """
+    metrics = list(samples)
+    tolerance = tolerance or {}
+    methods = list(dict.fromkeys(m for k in metrics for m in samples[k]))
+    n_images = {_as_array(v).size for k in metrics for v in samples[k].values()}
+    if len(n_images) > 1:
+        raise ValueError(f"samples differ in length: {sorted(n_images)}")
+    n = n_images.pop() if n_images else 0
+    cols = []
+    for k in metrics:
+        sign = 1.0 if higher_is_better[k] else -1.0
+        for m in methods:
+            v = samples[k].get(m)
+            cols.append(sign * _as_array(v) if v is not None else np.full(n, np.nan))
+    values = np.stack(cols, axis=1) if cols else np.empty((n, 0))
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        point = np.where(count > 0, np.where(finite, values, 0).sum(0) / np.maximum(count, 1),
+                         np.nan).reshape(len(metrics), len(methods))  # fmt: skip
+    boot = _resampled_means(values, resamples, seed) if n else np.empty((0, values.shape[1]))
+    boot = boot.reshape(-1, len(metrics), len(methods))
+    count = count.reshape(len(metrics), len(methods))
+    out = {}
+    alpha = (1 - confidence) / 2
+    for a, b in itertools.combinations(range(len(metrics)), 2):
+        both = np.isfinite(point[a]) & np.isfinite(point[b])
+        ta, tb = tolerance.get(metrics[a], 0.0), tolerance.get(metrics[b], 0.0)
+        tau = float(kendall_tau_b(point[a][both], point[b][both], ta, tb))
+        taus = kendall_tau_b(boot[:, a][:, both], boot[:, b][:, both], ta, tb)
+        taus = taus[np.isfinite(taus)]
+        low, high = (math.nan, math.nan)
+        if taus.size and math.isfinite(tau):
+            low, high = (float(v) for v in np.quantile(taus, [alpha, 1 - alpha]))
+        images = int(min(count[a][both].min(initial=n), count[b][both].min(initial=n)))
+        meaningful = bool(both.sum() >= 2 and images >= min_n and math.isfinite(low))
+        out[(metrics[a], metrics[b])] = Interval(
+            tau, low, high, images, "bootstrap percentile", meaningful
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Ranking:
     """Methods ranked by one metric, with what the data support about the order.
@@ -250,9 +501,10 @@ class Ranking:
     order: methods with a finite mean, best mean first (equal means keep the given order).
     means: method -> mean. tied_best: the methods whose mean is within ``tolerance`` of the best
     mean (one method unless there is a tie). pairs: (a, b) with a before b in ``order`` ->
-    `paired_difference` of a - b. best: the method whose every paired difference is significant
-    in its favour, else None ("no method is significantly best"). meaningful: every method has
-    at least the minimum n.
+    `PairedDifference` of a - b, corrected for the number of pairs (`compare_methods`). best: the
+    method whose every corrected difference is significant in its favour, else None ("no method
+    is significantly best"). meaningful: every method has at least the minimum n. comparisons:
+    the `Comparisons` the pairs come from (uncorrected intervals included).
     """
 
     order: list[str]
@@ -262,6 +514,7 @@ class Ranking:
     best: str | None
     meaningful: bool
     tolerance: float
+    comparisons: Comparisons | None = field(default=None, compare=False, repr=False)
 
 
 def rank_methods(
@@ -277,8 +530,9 @@ def rank_methods(
     """Rank methods by the mean of their per-image values (aligned arrays, NaN = no value).
 
     Ties first: methods whose means differ from the best by at most ``tolerance`` share first
-    place and no best is named. Otherwise the best mean is named best only when its
-    `paired_difference` with every other method is significant in its favour.
+    place and no best is named. Otherwise the best mean is named best only when its difference
+    with every other method is significant in its favour after the multiple-comparison
+    correction of `compare_methods`.
 
     Example:
         >>> r = rank_methods({"a": [1, 1, 0] * 4, "b": [0, 1, 1] * 4},
@@ -293,15 +547,12 @@ def rank_methods(
     sign = -1.0 if higher_is_better else 1.0
     order = sorted((m for m in arrays if math.isfinite(means[m])), key=lambda m: sign * means[m])
     tied = [m for m in order if abs(means[m] - means[order[0]]) <= tolerance] if order else []
-    pairs = {
-        (a, b): paired_difference(
-            arrays[a], arrays[b], confidence, resamples=resamples, seed=seed, min_n=min_n
-        )
-        for i, a in enumerate(order)
-        for b in order[i + 1 :]
-    }
+    comparisons = compare_methods(
+        {m: arrays[m] for m in order}, confidence, resamples=resamples, seed=seed, min_n=min_n
+    )
+    pairs = comparisons.pairs
     ahead = [pairs[(order[0], o)] for o in order[1:]]
     leads = all(d.significant and (d.mean > 0) == higher_is_better for d in ahead)
     best = order[0] if ahead and len(tied) == 1 and leads else None
     meaningful = all(np.isfinite(arrays[m]).sum() >= min_n for m in order)
-    return Ranking(order, means, tied, pairs, best, meaningful, tolerance)
+    return Ranking(order, means, tied, pairs, best, meaningful, tolerance, comparisons)

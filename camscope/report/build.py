@@ -36,7 +36,7 @@ from camscope.report.text import interval_text, label, num, ranking_lines
 
 log = logging.getLogger("camscope")
 
-__all__ = ["build_report", "summary_csv"]
+__all__ = ["build_report", "comparisons_csv", "summary_csv"]
 
 
 def summary_csv(s: Scalars, summary: Summary) -> str:
@@ -67,6 +67,33 @@ def summary_csv(s: Scalars, summary: Summary) -> str:
         v = summary.sanity.get(m)
         row += [v.n, _g(v.mean_abs), v.n_empty, v.outcome] if v else [0, "", "", "not run"]
         writer.writerow(row)
+    return buffer.getvalue()
+
+
+def comparisons_csv(summary: Summary) -> str:
+    """comparisons.csv: every paired difference of every metric, one row per pair.
+
+    Columns: metric, method_a, method_b, n (images both have), difference (mean of a - b, display
+    units), low, high, p_adjusted, significant (the corrected interval and p, `CORRECTION`),
+    uncorrected_low, uncorrected_high, uncorrected_p, uncorrected_significant (per-pair
+    percentile bootstrap, for reference only), correction.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "method_a", "method_b", "n", "difference", "low", "high",
+                     "p_adjusted", "significant", "uncorrected_low", "uncorrected_high",
+                     "uncorrected_p", "uncorrected_significant", "correction"])  # fmt: skip
+    for spec in METRICS:
+        rk = summary.rankings.get(spec.key)
+        if rk is None or rk.comparisons is None:
+            continue
+        c = rk.comparisons
+        for (a, b), d in c.pairs.items():
+            u = c.uncorrected[(a, b)]
+            k = spec.scale
+            writer.writerow([spec.key, a, b, d.n, _g(d.mean * k), _g(d.low * k), _g(d.high * k),
+                             _g(d.p), d.significant, _g(u.low * k), _g(u.high * k), _g(u.p),
+                             u.significant, c.correction])  # fmt: skip
     return buffer.getvalue()
 
 
@@ -212,6 +239,8 @@ def build_report(
     out: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out, out_dir / "summary.csv", summary_csv(s, summary))
+    if summary.rankings:
+        _write(out, out_dir / "comparisons.csv", comparisons_csv(summary))
     names = {"Mean deletion and insertion curves": "curves.png",
              "Metric distributions per method": "distributions.png"}  # fmt: skip
     for caption, png in ctx.plots.items():

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from camscope.metrics import CONFIDENCE, Interval, Ranking
+from camscope.metrics import CONFIDENCE, CORRECTION, Interval, Ranking
 from camscope.report.data import METRICS, MetricSpec, Scalars, Summary, Thresholds
 from camscope.visualize import method_label
 
@@ -71,9 +71,11 @@ def statistics_statement(summary: Summary) -> list[str]:
         "inside the metric's range.",
         f"Increase in Confidence (a yes/no outcome per image): {_PCT} Wilson score interval of "
         "the proportion, always inside 0–100%.",
-        f"Differences between two methods: {_PCT} percentile bootstrap interval of the mean "
-        "per-image difference on the images both explain; significant when it excludes 0. No "
-        "correction for multiple comparisons.",
+        f"Differences between two methods: mean per-image difference on the images both "
+        f"explain, with {_PCT} {CORRECTION} over all k(k−1)/2 pairs of a metric (images "
+        "resampled together), so that the intervals of a metric hold together; significant when "
+        "the interval excludes 0. The uncorrected percentile intervals are kept in "
+        "comparisons.csv, not used for any claim.",
         "Ties: means that agree to the shown precision (within 0.05 points for %, 0.0005 for "
         "AUCs) are reported as tied, and no method is called best then.",
         f"With fewer than {summary.min_n} images an interval is shown but not meaningful and no "
