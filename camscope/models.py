@@ -378,6 +378,14 @@ def load_model(
     """
     notes: list[str] = []
     weights_file = str(weights) if weights is not None else None
+    from camscope.adapters.hf import is_hf_spec
+
+    if is_hf_spec(name):
+        if weights_file is not None:
+            raise ModelError(
+                "a Hugging Face model reads its weights from its folder; drop --weights"
+            )
+        return _load_hf(str(name), pretrained, device, output)
     if not pretrained:
         if weights_file is not None:
             raise ModelError("pretrained=False and a weights file exclude each other")
@@ -412,6 +420,30 @@ def load_model(
         loaded.weights_file = None
     loaded.model = as_logits_model(loaded.model, output).to(device)
     return loaded
+
+
+def _load_hf(spec: str, pretrained: bool, device: str | torch.device, output: OutputSpec):
+    """A Hugging Face classifier (`camscope.adapters.hf.load_hf`) as a `LoadedModel`."""
+    from camscope.adapters.hf import HFError, load_hf
+
+    try:
+        hf = load_hf(spec, pretrained=pretrained)
+    except HFError as exc:
+        raise ModelError(str(exc)) from exc
+    for note in hf.notes:
+        logger.warning(note)
+    model = as_logits_model(hf.model, output).to(device)
+    return LoadedModel(
+        model=model,
+        name=hf.name,
+        mean=hf.mean,
+        std=hf.std,
+        categories=hf.categories,
+        default_layer=default_layer(model, hf.input_size),
+        weights_source=hf.source,
+        input_size=hf.input_size,
+        notes=hf.notes,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,6 +693,10 @@ def _last_child(model: nn.Module, name: str) -> str | None:
 
 def _default_by_structure(model: nn.Module) -> str | None:
     """The usual layer of families recognised by their structure (no forward pass)."""
+    from camscope.adapters.hf import hf_default_layer
+
+    if (hf_layer := hf_default_layer(model)) is not None:  # Hugging Face transformers
+        return hf_layer
     modules = dict(model.named_modules())
 
     def last(path: str) -> str | None:
@@ -966,10 +1002,10 @@ def _as_triple(values: Sequence[float], what: str) -> tuple[float, float, float]
 
 def wrap_module(
     module: nn.Module,
-    mean: Sequence[float],
-    std: Sequence[float],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     categories: Sequence[str] | None = None,
-    input_size: tuple[int, int] = (224, 224),
+    input_size: tuple[int, int] | None = None,
     layer: str | nn.Module | None = None,
     *,
     output: OutputSpec = None,
@@ -981,7 +1017,12 @@ def wrap_module(
     dicts or ``.logits`` objects) and put in eval mode (said as a warning if it was training).
     One dry forward pass finds the number of classes; ``categories`` must match it (default:
     the ImageNet names for 1,000 classes, else ``class i``). ``layer`` (default:
-    `default_layer`) is checked with `check_layer`.
+    `default_layer`) is checked with `check_layer`. ``input_size`` defaults to (224, 224).
+
+    A Hugging Face ``transformers`` model needs nothing else (`camscope.adapters.hf`):
+    categories from ``config.id2label``, input size from ``config.image_size``, mean and std
+    from the ``preprocessor_config.json`` of the folder it was loaded from (else ImageNet's,
+    said as a warning and in ``notes``).
 
     Raises:
         ModelError: bad mean/std, outputs that are not (N, classes) logits, a categories
@@ -997,10 +1038,15 @@ def wrap_module(
     """
     if not isinstance(module, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(module).__name__}")
-    mean3, std3 = _as_triple(mean, "mean"), _as_triple(std, "std")
-    size = (int(input_size[0]), int(input_size[1]))
-    model = as_logits_model(module, output)
     notes: list[str] = []
+    mean, std, categories, input_size = _hf_defaults(
+        module, mean, std, categories, input_size, notes
+    )
+    if mean is None or std is None:
+        raise ModelError("a torch.nn.Module needs its mean= and std= (3 floats each)")
+    mean3, std3 = _as_triple(mean, "mean"), _as_triple(std, "std")
+    size = (int(input_size[0]), int(input_size[1])) if input_size else (224, 224)
+    model = as_logits_model(module, output)
     if module.training:
         _warn("the model was in training mode; camscope puts it in eval mode", notes)
     model.eval()
@@ -1032,6 +1078,28 @@ def wrap_module(
         input_size=size,
         notes=notes,
     )
+
+
+def _hf_defaults(module, mean, std, categories, input_size, notes):  # noqa: ANN001, ANN202
+    """Fill what a Hugging Face model declares (`camscope.adapters.hf`); others unchanged."""
+    from camscope.adapters import hf
+
+    if not hf.is_hf_model(module):
+        return mean, std, categories, input_size
+    if categories is None:
+        categories = hf.hf_categories(module)
+    if input_size is None:
+        input_size = hf.hf_input_size(module)
+    if mean is None or std is None:
+        folder = getattr(module.config, "_name_or_path", None) or getattr(
+            module, "name_or_path", None
+        )
+        folder = folder if folder and Path(str(folder)).is_dir() else None
+        hf_mean, hf_std, note = hf.hf_normalisation(folder)
+        mean, std = mean if mean is not None else hf_mean, std if std is not None else hf_std
+        if note:
+            _warn(note, notes)
+    return mean, std, categories, input_size
 
 
 def parse_target(spec: str | int, categories: list[str]) -> int:

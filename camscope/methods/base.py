@@ -43,7 +43,7 @@ from torch import nn
 
 from camscope.methods.reshape import SpatialView, spatial_view
 from camscope.methods.targets import Targets, TargetSet, output_adapter, resolve_targets
-from camscope.models import LayerError, check_layer, resolve_layer
+from camscope.models import LayerError, check_layer, default_layer, resolve_layer
 from camscope.spatial import LayoutError, detect_layout
 from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
@@ -172,7 +172,9 @@ class BaseCAM:
 
     Args:
         model: a classifier in eval mode mapping (N, 3, H, W) to its outputs.
-        target_layers: a layer path (``"layer4[-1]"``), a module, or a list of them.
+        target_layers: a layer path (``"layer4[-1]"``), a module, or a list of them; None:
+            the model's default layer (`camscope.models.default_layer`; Hugging Face models
+            by `camscope.adapters.hf.hf_default_layer`).
         reshape_transform: callable from the layer's output to (N, C, h, w) (pytorch-grad-cam's
             argument), for layers whose output is not a channels-first map.
         output: which part of the model's output the targets read (`output_adapter`).
@@ -194,6 +196,8 @@ class BaseCAM:
         self.model = model
         self.layers: list[str] = []
         self.modules: list[nn.Module] = []
+        if target_layers is None and self.needs_layer:
+            target_layers = _default_target(model, type(self).__name__)
         for spec in _as_list(target_layers):
             name, module = resolve_layer(model, spec)
             self.layers.append(name)
@@ -422,6 +426,16 @@ class BaseCAM:
     def weights(self, ctx: CAMContext) -> torch.Tensor:
         """Weights (N, C) per channel or (N, C, h, w) per element, for ``ctx.activations``."""
         raise NotImplementedError
+
+
+def _default_target(model: nn.Module, method: str) -> str:
+    """``target_layers=None``: the model's default layer (`camscope.models.default_layer`)."""
+    from camscope.adapters.hf import hf_input_size, is_hf_model
+
+    size = hf_input_size(model) if is_hf_model(model) else (224, 224)
+    layer = default_layer(model, size)
+    log.info("%s: no target_layers given; using the default layer %s", method, layer)
+    return layer
 
 
 def _as_list(layers: Layers) -> list[str | nn.Module]:

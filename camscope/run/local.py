@@ -24,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from camscope.io import LoadedImage, iter_images, runfolder
-from camscope.models import LoadedModel, wrap_module
+from camscope.models import LoadedModel, ModelError, wrap_module
 from camscope.run.collect import Plan, WorkItem, plan
 from camscope.run.config import RunConfig, RunContext, UsageError, prepare
 from camscope.run.explainer import BatchExplainer
@@ -222,9 +222,10 @@ def explain(
         camscope.run.UsageError: before anything is written.
     """
     if isinstance(model, nn.Module):
-        if mean is None or std is None:
-            raise UsageError("explain(model=<nn.Module>) needs its mean= and std= (3 floats each)")
-        model = wrap_module(model, mean, std, categories)
+        try:  # a Hugging Face model declares its own; any other needs mean= and std=
+            model = wrap_module(model, mean, std, categories)
+        except ModelError as exc:
+            raise UsageError(f"explain(model=<nn.Module>): {exc}") from exc
     given = model if isinstance(model, LoadedModel) else None
     name = given.name if given is not None else model
     if "methods" in options:

@@ -17,6 +17,7 @@ from camscope.models import (
     ModelError,
     default_layer,
     imagenet_categories,
+    load_model,
 )
 
 __all__ = ["random_model"]
@@ -34,6 +35,16 @@ def random_model(name: str | None, device: torch.device | str = "cpu") -> Loaded
         raise ModelError("--random-weights needs --model NAME (a torchvision or timm classifier)")
     import torchvision
 
+    from camscope.adapters.hf import is_hf_spec
+
+    if is_hf_spec(name):  # a Hugging Face folder: its own config, seeded random weights
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            loaded = load_model(name, device=device, pretrained=False)
+        loaded.notes.append(
+            "random weights (--random-weights): the maps say nothing about the images"
+        )
+        return loaded
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if name in torchvision.models.list_models(module=torchvision.models):
