@@ -22,9 +22,6 @@ from typing import Any
 
 import click
 
-from camscope.io import DEFAULT_MAX_PIXELS
-from camscope.metrics import DEFAULT_STEPS
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DEMO_IMAGES = {
@@ -168,167 +165,31 @@ def _execute(config: Any, quiet: bool, runner: Callable[..., Any] | None = None)
     return _summary(result, quiet)
 
 
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        i, n = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise click.BadParameter("use I/N, e.g. 0/4") from None
-    return i, n
+def _method_flags() -> list[Callable]:
+    """Click options for the methods' own options, from the registry (default None: not given)."""
+    from camscope.methods import registry
+
+    return registry.click_options()
 
 
-def _method_flags() -> tuple[list[Callable], dict[str, str]]:
-    """Click options for the methods' own options, and flag key -> option name.
+def _run_flags() -> list[Callable]:
+    """Click options of `camscope run`, made from `RunConfig`'s one declaration of them."""
+    from camscope.run.config import click_options
 
-    From the registry (`camscope.methods.registry.click_options`) when it has them; else the
-    three ScoreCAM flags of camscope 0.1. Every flag defaults to None: the method's own default.
-    """
-    import camscope.methods as methods
-
-    registry = getattr(methods, "registry", None)
-    if hasattr(registry, "click_options"):
-        return registry.click_options(), {k: k for k in registry.option_keys()}
-    flags = [
-        click.option("--scorecam-variant", type=click.Choice(["reference", "pytorch-grad-cam"]),
-                     default=None, help="ScoreCAM weights: the authors' (default) or "
-                     "pytorch-grad-cam's."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-                     help="ScoreCAM masked passes: exact fp32 (default) or autocast."),
-        click.option("--max-channels", type=int, default=None,
-                     help="ScoreCAM: score only the K highest-variance channels."),
-    ]  # fmt: skip
-    keys = {"scorecam_variant": "variant", "precision": "precision", "max_channels": "max_channels"}
-    return flags, keys
+    return click_options()
 
 
-_METHOD_FLAGS, _METHOD_KEYS = _method_flags()
+def _config_flags(*names: str) -> Callable:
+    """The `RunConfig` flags ``names`` for a command other than ``run`` (same declaration)."""
+    from camscope.run.config import click_options
 
+    def add(func):  # type: ignore[no-untyped-def]
+        for option in reversed(click_options(names)):
+            func = option(func)
+        return func
 
-_run_options = [
-    click.option(
-        "--out",
-        "-o",
-        default="camscope-output",
-        show_default=True,
-        help="Run folder (an existing run with the same settings is resumed).",
-    ),
-    click.option(
-        "--methods",
-        "-m",
-        default="gradcam,ablationcam,scorecam",
-        show_default=True,
-        help="Comma-separated CAM methods (`camscope methods` lists them).",
-    ),
-    click.option(
-        "--model",
-        default=None,
-        help="resnet50 (default when its weights can be had), efficientnet_lite0 "
-        "(bundled, offline), or any torchvision/timm classifier.",
-    ),
-    click.option(
-        "--weights",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Local state dict (.pth/.safetensors) instead of downloading.",
-    ),
-    click.option(
-        "--weights-tag",
-        default=None,
-        help="torchvision weights tag (default IMAGENET1K_V1 for resnet50).",
-    ),
-    click.option(
-        "--random-weights",
-        is_flag=True,
-        help="Seeded random weights for --model (tests and offline smoke runs; the "
-        "maps mean nothing).",
-    ),
-    click.option(
-        "--layer",
-        default=None,
-        help="Target layer, e.g. 'layer4[-1]', 'layer3' (default per model).",
-    ),
-    click.option(
-        "--target",
-        default=None,
-        help="top1 (default: each image's top-1 prediction), truth (its true class, from an "
-        "ImageNet wnid in the file name or --labels), or a class index or name for every image.",
-    ),
-    click.option(
-        "--device",
-        default="auto",
-        show_default=True,
-        help="auto, cpu, cuda or cuda:N (checked before the first image).",
-    ),
-    click.option(
-        "--batch-size",
-        "-b",
-        default=8,
-        show_default=True,
-        type=int,
-        help="Images per batch (also: images per results part file).",
-    ),
-    click.option(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        show_default=True,
-        help="Refuse images with more pixels than this (decompression-bomb guard).",
-    ),
-    click.option(
-        "--metrics",
-        is_flag=True,
-        help="Also measure faithfulness per image and write metrics.csv, "
-        "summary.csv, sanity.parquet, report.html and report.md.",
-    ),
-    click.option(
-        "--labels",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="CSV with file and class columns (true labels for accuracy).",
-    ),
-    click.option(
-        "--steps",
-        type=int,
-        default=DEFAULT_STEPS,
-        show_default=True,
-        help="Deletion/insertion steps (with --metrics).",
-    ),
-    click.option(
-        "--sanity-images",
-        type=int,
-        default=8,
-        show_default=True,
-        help="Images in the sanity check's own sample (with --metrics; 0 skips it). "
-        "It costs, per method, about (number of model blocks + 1) x this many images' "
-        "maps: seconds for Grad-CAM, minutes for ScoreCAM on a CPU.",
-    ),
-    click.option(
-        "--save-maps",
-        type=click.Choice(["both", "npy", "png", "none"]),
-        default="both",
-        show_default=True,
-        help="Per-image files: the 224x224 float32 .npy map (~200 KB) and/or the .png "
-        "overlay; the feature-resolution map is always in the results table.",
-    ),
-    click.option(
-        "--inputs-from",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="File listing inputs: one path per line, or a CSV with a 'file' column.",
-    ),
-    click.option(
-        "--shard",
-        default=None,
-        help="I/N: take the I-th of N deterministic parts of the inputs (0-based).",
-    ),
-    click.option(
-        "--overwrite",
-        is_flag=True,
-        help="Remove an earlier run's outputs in --out and start afresh.",
-    ),
-    click.option("--quiet", "-q", is_flag=True, help="Errors and warnings only."),
-]
+    return add
+
 
 _ray_options = [
     click.option(
@@ -366,8 +227,11 @@ def _ray_runner(address: str | None, workers: int | None) -> Callable[..., Any] 
     return lambda config, **kw: run_ray(config, options, **kw)
 
 
+_QUIET = click.option("--quiet", "-q", is_flag=True, help="Errors and warnings only.")
+
+
 def _add_options(func):  # type: ignore[no-untyped-def]
-    for option in reversed([*_run_options, *_METHOD_FLAGS]):
+    for option in reversed([*_run_flags(), _QUIET, *_method_flags()]):
         func = option(func)
     return func
 
@@ -400,37 +264,28 @@ def main() -> None:
 @_ray_options[1]
 def run(
     inputs: tuple[str, ...],
-    methods: str,
     quiet: bool,
-    shard: str | None,
     ray_address: str | None,
     workers: int | None,
     **kwargs: Any,
 ) -> None:
     """Explain INPUTS (image files, folders searched recursively, or globs)."""
-    from camscope.run import RunConfig
+    from camscope.methods.registry import option_keys
+    from camscope.run import UsageError
+    from camscope.run.config import from_command_line
 
     try:
         runner = _ray_runner(ray_address, workers)
-    except ValueError as exc:
+        given = {k: kwargs.pop(k) for k in option_keys()}
+        config = from_command_line(inputs, kwargs, given, argv=sys.argv)
+    except (ValueError, UsageError) as exc:
         sys.exit(_usage(str(exc)))
-    given = {_METHOD_KEYS[k]: kwargs.pop(k) for k in _METHOD_KEYS}
-    config = RunConfig(
-        inputs=tuple(inputs),
-        out_dir=kwargs.pop("out"),
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        method_options={k: v for k, v in given.items() if v is not None},
-        shard=_shard(shard),
-        argv=tuple(sys.argv),
-        **kwargs,
-    )
     sys.exit(_execute(config, quiet, runner))
 
 
 @main.command()
 @click.option("--out", "-o", default="camscope-demo", show_default=True, help="Output folder.")
-@click.option("--model", default=None, help="Model (default: the default model).")
-@click.option("--device", default="auto", show_default=True)
+@_config_flags("model", "device")
 @click.option(
     "--metrics/--no-metrics",
     default=False,
@@ -471,16 +326,7 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--labels", type=click.Path(dir_okay=False), default=None)
-@click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True)
-@click.option(
-    "--sanity-images",
-    type=int,
-    default=8,
-    show_default=True,
-    help="Images in the sanity check's own sample (0 skips it).",
-)
-@click.option("--device", default="auto", show_default=True)
+@_config_flags("labels", "steps", "sanity_images", "device")
 @click.option("--quiet", "-q", is_flag=True)
 def evaluate(
     run_dir: str, labels: str | None, steps: int, sanity_images: int, device: str, quiet: bool

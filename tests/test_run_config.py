@@ -24,8 +24,8 @@ def images(tmp_path_factory) -> Path:
     ("args", "message"),
     [
         (["--steps", "0", "--metrics"], "--steps must be an integer >= 1"),
-        (["--max-pixels", "0"], "--max-pixels must be >= 1"),
-        (["--max-pixels", "-5"], "--max-pixels must be >= 1"),
+        (["--max-pixels", "0"], "--max-pixels must be an integer >= 1"),
+        (["--max-pixels", "-5"], "--max-pixels must be an integer >= 1"),
         (["--batch-size", "0"], "--batch-size"),
         (["--device", "meta"], "--device meta: cannot compute"),
         (["--device", "mps"], "--device mps"),

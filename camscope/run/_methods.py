@@ -28,6 +28,19 @@ def method_options(names: list[str], given: dict[str, Any]) -> dict[str, dict[st
     return _methods.method_options(names, given)
 
 
+def own_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` (constructor keyword -> value) checked against method ``name``'s options."""
+    spec = _methods.get_method(name)
+    declared = {o.name: o for o in spec.options}
+    for key, value in given.items():
+        if key not in declared:
+            raise ValueError(
+                f"{spec.name} has no option '{key}' (its options: {', '.join(declared) or 'none'})"
+            )
+        declared[key].validate(value)
+    return dict(given)
+
+
 def build(name: str, model: nn.Module, layer: str, options: dict[str, Any]) -> Any:
     """A ready method object (context manager with ``explain``/``close``)."""
     return _methods.build_cam(name, model, layer, **options)

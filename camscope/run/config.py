@@ -24,7 +24,8 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,20 @@ from camscope.models import (
 )
 from camscope.run import _methods
 
-__all__ = ["SAVE_MAPS", "RunConfig", "RunContext", "UsageError", "prepare", "probe_device"]
+__all__ = [
+    "SAVE_MAPS",
+    "Option",
+    "RunConfig",
+    "RunContext",
+    "UsageError",
+    "click_options",
+    "config_from_record",
+    "config_record",
+    "from_command_line",
+    "options",
+    "prepare",
+    "probe_device",
+]
 
 log = logging.getLogger("camscope")
 
@@ -56,45 +70,190 @@ class UsageError(ValueError):
 
 
 @dataclass(frozen=True)
+class Option:
+    """How one `RunConfig` field is offered on the command line and checked.
+
+    Attributes:
+        help: the ``--help`` text.
+        flags: the command-line spellings (``("--out", "-o")``); empty: not a flag.
+        kind: ``int``, ``str``, ``"flag"`` (a boolean switch), ``"file"`` (an existing file) or
+            ``"list"`` (comma-separated, a tuple in the config).
+        minimum: the smallest value of an ``int`` option (None allowed when it is the default).
+        choices: the values a ``str`` option may take.
+        show_default: show the default in ``--help``.
+        parse: command-line text -> the field's value (``--shard 0/4`` -> ``(0, 4)``);
+            ValueError with one line when the text is not valid.
+    """
+
+    help: str
+    flags: tuple[str, ...] = ()
+    kind: Any = str
+    minimum: int | None = None
+    choices: tuple[str, ...] | None = None
+    show_default: bool = False
+    parse: Any = None
+
+    @property
+    def flag(self) -> str:
+        """The long flag, for messages (``--batch-size``)."""
+        return self.flags[0] if self.flags else ""
+
+
+def _opt(default: Any, help: str, *flags: str, **kw: Any) -> Any:
+    """A `RunConfig` field declared with its `Option` (the field's one declaration)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"option": Option(help, tuple(flags), **kw)})
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError("use I/N, e.g. 0/4") from None
+    return i, n
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a user can ask of a run (picklable; Ray actors get a copy).
 
-    Attributes:
-        inputs: image files, folders (searched recursively) or glob patterns.
-        out_dir: the run folder.
-        inputs_from: a text file with one path per line, or a CSV with a ``file`` column.
-        shard: ``(i, n)``: take the i-th of n deterministic parts of the inputs (0 <= i < n).
-        method_options: option name -> value, as given by the user (validated by the registry).
-        save_maps: ``both``, ``npy``, ``png`` or ``none`` (the map is always in the results table).
-        sanity_images: images in the sanity check's own sample (0 skips it; only with metrics).
-        part_images: images per results part file at most (a part is written per batch).
-        random_weights: build ``model`` with seeded random weights (tests, smoke runs; recorded
-            in run.json and the settings as ``weights: random``).
-        overwrite: remove an earlier run's outputs in ``out_dir`` and start afresh.
+    This is the ONE declaration of the run's options: each field carries its default, help,
+    flags and checks (`Option`); ``camscope run``'s flags are made from it (`click_options`),
+    `check` validates from it, and run.json is written from it and read back into it
+    (`config_record`, `config_from_record`). The methods' own options come from the method
+    registry: ``method_options`` holds them as given (flag key or constructor keyword ->
+    value) or, as run.json records them, per method (method -> {constructor keyword: value}).
     """
 
-    inputs: tuple[str, ...] = ()
-    out_dir: str = "camscope-output"
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    method_options: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    weights: str | None = None
-    weights_tag: str | None = None
-    random_weights: bool = False
-    layer: str | None = None
-    target: str | int | None = None
-    device: str = "auto"
-    batch_size: int = 8
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    metrics: bool = False
-    steps: int = DEFAULT_STEPS
-    labels: str | None = None
-    sanity_images: int = 8
-    save_maps: str = "both"
-    inputs_from: str | None = None
-    shard: tuple[int, int] | None = None
-    overwrite: bool = False
-    argv: tuple[str, ...] | None = None
+    inputs: tuple[str, ...] = _opt(tuple, "Image files, folders (searched recursively), globs.")
+    out_dir: str = _opt(
+        "camscope-output",
+        "Run folder (an existing run with the same settings is resumed).",
+        "--out",
+        "-o",
+        show_default=True,
+    )
+    methods: tuple[str, ...] = _opt(
+        DEFAULT_METHODS,
+        "Comma-separated CAM methods (`camscope methods` lists them).",
+        "--methods",
+        "-m",
+        kind="list",
+        show_default=True,
+    )
+    method_options: dict[str, Any] = _opt(dict, "The methods' own options (registry flags).")
+    model: str | None = _opt(
+        None,
+        "resnet50 (default when its weights can be had), efficientnet_lite0 (bundled, "
+        "offline), or any torchvision/timm classifier.",
+        "--model",
+    )
+    weights: str | None = _opt(
+        None,
+        "Local state dict (.pth/.safetensors) instead of downloading.",
+        "--weights",
+        kind="path",
+    )
+    weights_tag: str | None = _opt(
+        None, "torchvision weights tag (default IMAGENET1K_V1 for resnet50).", "--weights-tag"
+    )
+    random_weights: bool = _opt(
+        False,
+        "Seeded random weights for --model (tests and offline smoke runs; the maps mean nothing).",
+        "--random-weights",
+        kind="flag",
+    )
+    layer: str | None = _opt(
+        None, "Target layer, e.g. 'layer4[-1]', 'layer3' (default per model).", "--layer"
+    )
+    target: str | int | None = _opt(
+        None,
+        "top1 (default: each image's top-1 prediction), truth (its true class, from an "
+        "ImageNet wnid in the file name or --labels), or a class index or name for every "
+        "image.",
+        "--target",
+    )
+    device: str = _opt(
+        "auto",
+        "auto, cpu, cuda or cuda:N (checked before the first image).",
+        "--device",
+        show_default=True,
+    )
+    batch_size: int = _opt(
+        8,
+        "Images per batch (also: images per results part file).",
+        "--batch-size",
+        "-b",
+        kind=int,
+        minimum=1,
+        show_default=True,
+    )
+    max_pixels: int | None = _opt(
+        DEFAULT_MAX_PIXELS,
+        "Refuse images with more pixels than this (decompression-bomb guard).",
+        "--max-pixels",
+        kind=int,
+        minimum=1,
+        show_default=True,
+    )
+    metrics: bool = _opt(
+        False,
+        "Also measure faithfulness per image and write metrics.csv, summary.csv, "
+        "sanity.parquet, report.html and report.md.",
+        "--metrics",
+        kind="flag",
+    )
+    labels: str | None = _opt(
+        None,
+        "CSV with file and class columns (true labels for accuracy).",
+        "--labels",
+        kind="file",
+    )
+    steps: int = _opt(
+        DEFAULT_STEPS,
+        "Deletion/insertion steps (with --metrics).",
+        "--steps",
+        kind=int,
+        minimum=1,
+        show_default=True,
+    )
+    sanity_images: int = _opt(
+        8,
+        "Images in the sanity check's own sample (with --metrics; 0 skips it). It costs, per "
+        "method, about (number of model blocks + 1) x this many images' maps: seconds for "
+        "Grad-CAM, minutes for ScoreCAM on a CPU.",
+        "--sanity-images",
+        kind=int,
+        minimum=0,
+        show_default=True,
+    )
+    save_maps: str = _opt(
+        "both",
+        "Per-image files: the 224x224 float32 .npy map (~200 KB) and/or the .png overlay; "
+        "the feature-resolution map is always in the results table.",
+        "--save-maps",
+        choices=tuple(SAVE_MAPS),
+        show_default=True,
+    )
+    inputs_from: str | None = _opt(
+        None,
+        "File listing inputs: one path per line, or a CSV with a 'file' column.",
+        "--inputs-from",
+        kind="file",
+    )
+    shard: tuple[int, int] | None = _opt(
+        None,
+        "I/N: take the I-th of N deterministic parts of the inputs (0-based).",
+        "--shard",
+        parse=_parse_shard,
+    )
+    overwrite: bool = _opt(
+        False,
+        "Remove an earlier run's outputs in --out and start afresh.",
+        "--overwrite",
+        kind="flag",
+    )
+    argv: tuple[str, ...] | None = _opt(None, "The command line, recorded in run.json.")
 
     def check(self) -> None:
         """Every check that needs neither the model nor the device; UsageError on the first."""
@@ -102,26 +261,95 @@ class RunConfig:
             raise UsageError("no inputs given (image files, folders, globs or --inputs-from)")
         if not self.methods:
             raise UsageError(f"no method given; choose from {', '.join(_methods.method_names())}")
-        for name, value, low in (
-            ("--batch-size", self.batch_size, 1),
-            ("--steps", self.steps, 1),
-            ("--sanity-images", self.sanity_images, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise UsageError(f"--max-pixels must be >= 1, got {self.max_pixels}")
-        if self.save_maps not in SAVE_MAPS:
-            raise UsageError(f"--save-maps must be one of {', '.join(SAVE_MAPS)}")
+        for name, option in options().items():
+            _check_value(option, getattr(self, name))
         if self.shard is not None:
             i, n = self.shard
             if not (n >= 1 and 0 <= i < n):
                 raise UsageError(f"--shard {i}/{n}: need 0 <= I < N (e.g. 0/4 .. 3/4)")
         if self.weights is not None and self.random_weights:
             raise UsageError("--weights and --random-weights exclude each other")
-        for name, path in (("--inputs-from", self.inputs_from), ("--labels", self.labels)):
-            if path is not None and not os.path.isfile(path):
-                raise UsageError(f"{name} {path}: no such file")
+
+
+def options() -> dict[str, Option]:
+    """Every `RunConfig` field offered as a flag -> its `Option`, in declaration order."""
+    found = {f.name: f.metadata.get("option") for f in fields(RunConfig)}
+    return {name: o for name, o in found.items() if o is not None and o.flags}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_value(option: Option, value: Any) -> None:
+    """UsageError (one line naming the flag) when ``value`` breaks ``option``'s declaration."""
+    low = option.minimum
+    if low is not None and value is not None and not (_is_int(value) and value >= low):
+        raise UsageError(f"{option.flag} must be an integer >= {option.minimum}, got {value!r}")
+    if option.choices is not None and value not in option.choices:
+        raise UsageError(f"{option.flag} must be one of {', '.join(option.choices)}")
+    if option.kind == "file" and value is not None and not os.path.isfile(value):
+        raise UsageError(f"{option.flag} {value}: no such file")
+
+
+def click_options(names: Sequence[str] | None = None) -> list[Any]:
+    """Click decorators for the `RunConfig` fields ``names`` (default: every flag), in order.
+
+    Each value arrives under the field's name, ready for `RunConfig` (`from_command_line`).
+    """
+    import click  # the CLI's dependency; imported here to keep the run light
+
+    declared = options()
+    decorators = []
+    for name in names or list(declared):
+        o, default = declared[name], _default(name)
+        kw: dict[str, Any] = {"help": o.help}
+        if o.kind == "flag":
+            kw["is_flag"] = True
+        else:
+            kind = {"path": click.Path(dir_okay=False), "file": click.Path(dir_okay=False)}
+            kw["type"] = click.Choice(o.choices) if o.choices else kind.get(o.kind, o.kind)
+            if o.kind == "list":
+                kw["type"] = str
+            kw["default"] = ",".join(default) if o.kind == "list" else default
+            kw["show_default"] = o.show_default
+        decorators.append(click.option(*o.flags, name, **kw))
+    return decorators
+
+
+def _default(name: str) -> Any:
+    f = next(f for f in fields(RunConfig) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def from_command_line(
+    inputs: Sequence[str],
+    values: dict[str, Any],
+    method_options: dict[str, Any],
+    argv: Sequence[str] | None = None,
+) -> RunConfig:
+    """The `RunConfig` of ``camscope run``'s parsed flags (`click_options`).
+
+    ``values``: field name -> the flag's value (text for ``list`` and parsed options);
+    ``method_options``: the registry flags' values (None = not given). Raises UsageError.
+    """
+    declared, given = options(), {}
+    for name, value in values.items():
+        o = declared[name]
+        if o.kind == "list" and isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif o.parse is not None and value is not None:
+            try:
+                value = o.parse(value)
+            except ValueError as exc:
+                raise UsageError(f"{o.flag} {value}: {exc}") from None
+        given[name] = value
+    return RunConfig(
+        inputs=tuple(inputs),
+        method_options={k: v for k, v in method_options.items() if v is not None},
+        argv=None if argv is None else tuple(argv),
+        **given,
+    )
 
 
 def _target(spec: str | int | None, categories: list[str]) -> int | str | None:
@@ -288,11 +516,73 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def _resolve_methods(config: RunConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The selected methods and their options, per method.
+
+    ``config.method_options`` holds options as given (flag key or constructor keyword ->
+    value: the registry splits them among the methods) and/or per method (method -> {constructor
+    keyword: value}, as run.json records them: two methods' options that share a keyword stay
+    apart).
+    """
     try:
         names = list(dict.fromkeys(_methods.canonical(m) for m in config.methods))
-        return names, _methods.method_options(names, dict(config.method_options))
+        given = dict(config.method_options)
+        per_method = {k: given.pop(k) for k in list(given) if isinstance(given[k], dict)}
+        options = _methods.method_options(names, given)
+        for name, own in per_method.items():
+            method = _methods.canonical(name)
+            if method not in options:
+                raise ValueError(f"options given for {method}, which is not selected")
+            options[method].update(_methods.own_options(method, own))
+        return names, options
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+#: run.json keys that `config_record` writes besides ``settings`` (read back by
+#: `config_from_record`).
+_RECORDED = ("weights_file", "weights_tag", "batch_size", "shard", "argv")
+
+
+def config_record(ctx: RunContext) -> dict[str, Any]:
+    """The run's configuration as run.json records it (`config_from_record` reads it back).
+
+    ``settings`` (what changes a per-image result; the methods' options per method) and its
+    hash, then the weights file or tag, the batch size, the shard and the command line.
+    """
+    cfg, loaded = ctx.config, ctx.loaded
+    return {
+        "settings": ctx.settings,
+        "settings_hash": ctx.settings_hash,
+        "weights_file": cfg.weights,
+        "weights_tag": None if cfg.weights or cfg.random_weights else loaded.weights_tag,
+        "batch_size": cfg.batch_size,
+        "shard": list(cfg.shard) if cfg.shard else None,
+        "argv": list(cfg.argv) if cfg.argv is not None else None,
+    }
+
+
+def config_from_record(run: dict[str, Any], **given: Any) -> RunConfig:
+    """The `RunConfig` that reproduces the settings of ``run`` (run.json), with ``given`` on top.
+
+    Reads folders of every camscope 0.2 run (the record `config_record` writes). The
+    methods' options come back per method, so ``prepare`` gives the same settings and hash.
+    """
+    s = run["settings"]
+    recorded = {
+        "methods": tuple(s["methods"]),
+        "method_options": {m: dict(o) for m, o in s.get("method_options", {}).items()},
+        "model": s["model"],
+        "weights": run.get("weights_file"),
+        "weights_tag": run.get("weights_tag"),
+        "random_weights": str(s.get("weights", "")).startswith("random"),
+        "layer": s["layer"],
+        "target": s.get("target"),
+        "save_maps": s.get("save_maps", "both"),
+        "metrics": bool(s.get("metrics", False)),
+    }
+    if s.get("steps") is not None:
+        recorded["steps"] = s["steps"]
+    return RunConfig(**{**recorded, **given})
 
 
 def prepare(

@@ -22,7 +22,7 @@ import torch
 
 from camscope.io import iter_images, runfolder
 from camscope.methods import normalise_maps
-from camscope.run.config import RunConfig, RunContext, UsageError, check_labels, prepare
+from camscope.run.config import RunContext, UsageError, check_labels, config_from_record, prepare
 from camscope.run.explainer import BatchExplainer
 from camscope.run.finalize import finalize
 from camscope.run.writer import session_prefix
@@ -41,26 +41,6 @@ class Evaluated:
     files: dict[str, Path] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     n_measured: int = 0
-
-
-def _config(run_dir: Path, run: dict[str, Any], **given: Any) -> RunConfig:
-    s = run["settings"]
-    options = {k: v for opts in s.get("method_options", {}).values() for k, v in opts.items()}
-    return RunConfig(
-        inputs=(str(run_dir),),
-        out_dir=str(run_dir),
-        methods=tuple(s["methods"]),
-        method_options=options,
-        model=s["model"],
-        weights=run.get("weights_file"),
-        weights_tag=run.get("weights_tag"),
-        random_weights=str(s.get("weights", "")).startswith("random"),
-        layer=s["layer"],
-        target=s.get("target"),
-        save_maps=s.get("save_maps", "both"),
-        metrics=True,
-        **given,
-    )
 
 
 def _maps(ctx: RunContext, rows: list[dict[str, Any]]) -> torch.Tensor:
@@ -165,9 +145,11 @@ def evaluate_folder(
         log.error("%s", line)
     check_labels(labels)
     ctx = prepare(
-        _config(
-            run_dir,
+        config_from_record(
             run,
+            inputs=(str(run_dir),),
+            out_dir=str(run_dir),
+            metrics=True,
             steps=steps,
             labels=labels,
             device=device,

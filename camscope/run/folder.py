@@ -28,7 +28,7 @@ import torch
 
 from camscope.io import TEMP_PREFIX, runfolder, write_json
 from camscope.run import _methods
-from camscope.run.config import RunContext, UsageError
+from camscope.run.config import RunContext, UsageError, config_record
 
 __all__ = ["known_entries", "open_run", "remove_temporaries", "run_record", "write_run_json"]
 
@@ -145,17 +145,16 @@ def _device_name(device: torch.device) -> str:
 
 def run_record(ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, Any]:
     """run.json's content at the start of a session (``previous``: the resumed run's)."""
-    loaded, cfg = ctx.loaded, ctx.config
+    loaded = ctx.loaded
     sessions = list((previous or {}).get("sessions", []))
-    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": cfg.argv})
+    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": ctx.config.argv})
     return {
         "camscope_version": _version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "state": "running",
         "resumed": previous is not None,
-        "settings": ctx.settings,
-        "settings_hash": ctx.settings_hash,
+        **config_record(ctx),
         "model": loaded.name,
         "layer": ctx.layer,
         "methods": list(ctx.methods),
@@ -163,16 +162,11 @@ def run_record(ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, An
         "mean": list(loaded.mean),
         "std": list(loaded.std),
         "weights_source": loaded.weights_source,
-        "weights_file": cfg.weights,
-        "weights_tag": None if cfg.weights or cfg.random_weights else loaded.weights_tag,
         "device": str(ctx.device),
         "device_name": _device_name(ctx.device),
         "threads": torch.get_num_threads(),
-        "batch_size": cfg.batch_size,
-        "shard": list(cfg.shard) if cfg.shard else None,
         "notes": list(loaded.notes),
         "sessions": sessions,
-        "argv": list(cfg.argv) if cfg.argv is not None else None,
     }
 
 
