@@ -25,6 +25,7 @@ from camscope.methods import (
     ClassifierOutputTarget,
     EigenCAM,
     EigenGradCAM,
+    FinerCAM,
     FinerWeightedTarget,
     FullGrad,
     GradCAM,
@@ -37,6 +38,7 @@ from camscope.methods import (
     ScoreCAM,
     SegEigenCAM,
     SemanticSegmentationTarget,
+    ShapleyCAM,
     SmoothGradCAMPlusPlus,
     XGradCAM,
     get_method,
@@ -44,6 +46,8 @@ from camscope.methods import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "FinerCAM",
+    "ShapleyCAM",
     "FEM",
     "KPCA_CAM",
     "SegEigenCAM",

@@ -21,12 +21,14 @@ from camscope.methods.activation import FEM
 from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
 from camscope.methods.eigen import KPCA_CAM, EigenCAM, EigenGradCAM, SegEigenCAM
 from camscope.methods.gradient import (
+    FinerCAM,
     FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    ShapleyCAM,
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
@@ -52,6 +54,8 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "FinerCAM",
+    "ShapleyCAM",
     "FEM",
     "KPCA_CAM",
     "SegEigenCAM",

@@ -15,14 +15,17 @@ from torch import nn
 
 from camscope.methods.base import BaseCAM, CAMContext
 from camscope.methods.registry import OptionSpec, register
+from camscope.methods.targets import FinerWeightedTarget, Targets, TargetSet
 
 __all__ = [
+    "FinerCAM",
     "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
+    "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
 ]
@@ -423,3 +426,172 @@ class FullGrad(BaseCAM):
                 total = total + self._scaled_sum((bias * grad).abs(), size)  # type: ignore[arg-type]
         ctx.info["bias_layers"] = float(len(outputs))
         return total, torch.zeros(len(x), 0, device=x.device)
+
+
+@register(
+    "shapleycam",
+    label="ShapleyCAM",
+    family="gradient",
+    paper="Cai, 2025 (CAMs as Shapley value-based explainers), https://arxiv.org/abs/2501.06261",
+    cost="1 forward + 1 backward + 1 Hessian-vector product (double backward) through the tail",
+    aliases=("shapley-cam",),
+)
+class ShapleyCAM(BaseCAM):
+    r"""ShapleyCAM (Cai, 2025, https://arxiv.org/abs/2501.06261).
+
+    The second-order Taylor estimate of each channel's Shapley value: with
+    :math:`g = \partial y^c / \partial A` and the Hessian-vector product
+    :math:`H A = \partial (g \cdot A) / \partial A` (A held fixed as the vector),
+
+    .. math::
+        w_k^c = \frac{1}{hw}\sum_{i,j} \big(g - \tfrac12 H A\big)^k_{ij}, \qquad
+        L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big)
+
+    Both derivatives are taken through the network after the layer. Where the network after
+    the layer is piecewise linear in A (ReLU, pooling, linear layers and a logit target),
+    :math:`H A = 0` and this is Grad-CAM; the paper pairs it with a non-linear target such
+    as `ClassifierOutputReST`.
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> from camscope.methods import ClassifierOutputReST
+        >>> model = torchvision.models.resnet18().eval()
+        >>> cam = ShapleyCAM(model, "layer4[-1]")
+        >>> cam(torch.randn(1, 3, 64, 64), [ClassifierOutputReST(3)]).shape
+        torch.Size([1, 64, 64])
+    """
+
+    def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
+        grads, hvp = self.gradient_and_hvp(ctx)
+        return (grads - 0.5 * hvp).mean(dim=(2, 3))
+
+    def gradient_and_hvp(self, ctx: CAMContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g, H A) as maps (N, C, h, w), through the network after the layer."""
+        assert ctx.output is not None and ctx.runner is not None and ctx.view is not None
+        leaf = ctx.output.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.adapt(ctx.runner.classify(leaf, ctx.cache))
+            score = ctx.targets.scores(out).sum()
+            (grads,) = torch.autograd.grad(score, leaf, create_graph=True)
+            hvp = None
+            if grads.requires_grad:
+                (hvp,) = torch.autograd.grad(
+                    grads, leaf, grad_outputs=leaf.detach(), allow_unused=True
+                )
+        grads = grads.detach()
+        ctx.grads = ctx.view.to_map(grads)
+        hvp = torch.zeros_like(grads) if hvp is None else hvp
+        return ctx.grads, ctx.view.to_map(hvp)
+
+
+FINER_ALPHA = OptionSpec(
+    "alpha", "--finer-alpha", float, 1.0,
+    "Finer-CAM: how strongly the similar classes' logits are subtracted (0 = the base method).",
+    minimum=0,
+)  # fmt: skip
+
+
+@register(
+    "finercam",
+    label="Finer-CAM",
+    family="gradient",
+    paper="Zhang et al., CVPR 2025, https://arxiv.org/abs/2501.11309",
+    cost="1 forward + 1 backward through the tail (as its base method, Grad-CAM)",
+    options=(FINER_ALPHA,),
+    aliases=("finer-cam",),
+)
+class FinerCAM(BaseCAM):
+    r"""Finer-CAM (Zhang et al., CVPR 2025, https://arxiv.org/abs/2501.11309).
+
+    The base method (Grad-CAM by default) explains the target against the classes most similar
+    to it: the ``comparison_categories`` positions (default 1, 2, 3) of the classes sorted by
+    :math:`|y_j - s|`, the distance of their logit to the target's score :math:`s` (the logit
+    of the target class, so position 0 is the target itself), through `FinerWeightedTarget`:
+
+    .. math::
+        s' = \frac{\sum_j p_j\,(s - \alpha\, y_j)}{\sum_j p_j + 10^{-9}},
+        \qquad p = \mathrm{softmax}(y)
+
+    ``alpha = 0`` gives the base method. As pytorch-grad-cam's ``FinerCAM`` with
+    ``targets=None``; pytorch-grad-cam uses targets given explicitly as they are, camscope makes
+    any target (index or callable) the main score of a finer target, except a
+    `FinerWeightedTarget`, used as it is. ``alpha``, ``comparison_categories`` and
+    ``target_idx`` may also be given per call, as pytorch-grad-cam's ``forward`` takes them.
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18().eval()
+        >>> FinerCAM(model, "layer4[-1]", alpha=0.6)(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 64, 64])
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layers: Any = None,
+        reshape_transform: Any = None,
+        base_method: type[BaseCAM] = GradCAM,
+        *,
+        alpha: float = 1.0,
+        comparison_categories: Any = (1, 2, 3),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.base = base_method(model, target_layers, reshape_transform, **kwargs)
+        self.alpha = float(alpha)
+        self.comparison_categories = tuple(int(c) for c in comparison_categories)
+
+    def __call__(  # type: ignore[override]
+        self,
+        input_tensor: torch.Tensor,
+        targets: Targets = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        *,
+        alpha: float | None = None,
+        comparison_categories: Any = None,
+        target_idx: int | None = None,
+    ) -> torch.Tensor:
+        """Maps (N, H, W); ``alpha`` / ``comparison_categories`` override the object's here."""
+        saved = self.alpha, self.comparison_categories
+        if alpha is not None:
+            self.alpha = float(alpha)
+        if comparison_categories is not None:
+            self.comparison_categories = tuple(int(c) for c in comparison_categories)
+        if targets is None and target_idx is not None:
+            targets = int(target_idx)
+        try:
+            return self.explain(input_tensor, targets, aug_smooth, eigen_smooth).maps
+        finally:
+            self.alpha, self.comparison_categories = saved
+
+    def close(self) -> None:  # noqa: D102
+        super().close()
+        self.base.close()
+
+    def context(  # noqa: D102
+        self, inputs: torch.Tensor, index: int | None, targets: Targets | TargetSet
+    ) -> CAMContext:
+        ctx = super().context(inputs, index, targets)
+        ctx.targets = self.finer_targets(ctx.targets, ctx.logits)
+        return ctx
+
+    def finer_targets(self, targets: TargetSet, logits: torch.Tensor) -> TargetSet:
+        """Each image's target against its most similar classes (already finer: unchanged)."""
+        functions = targets.functions
+        if functions is not None and all(isinstance(f, FinerWeightedTarget) for f in functions):
+            return targets
+        mains = functions or [int(c) for c in targets.indices]
+        finer = []
+        with torch.no_grad():
+            for main, row in zip(mains, logits, strict=True):
+                score = row[main] if isinstance(main, int) else main(row)
+                order = torch.argsort((row - score).abs(), stable=True).tolist()
+                others = [order[p] for p in self.comparison_categories if p < len(order)]
+                finer.append(FinerWeightedTarget(main, others, self.alpha))
+        return TargetSet(targets.indices, tuple(finer))
+
+    def layer_map(self, ctx: CAMContext, eigen: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        return self.base.layer_map(ctx, eigen or self.base.always_eigen)
