@@ -5,6 +5,13 @@ Pure functions over a model: nothing here knows how a map was made (this package
 
 - `camscope.metrics.faithfulness`: Average Drop / Increase in Confidence (Chattopadhyay et al.,
   WACV 2018), Deletion / Insertion (Petsiuk et al., BMVC 2018).
+- `camscope.metrics.removal`: ROAD, remove-and-debias with noisy linear imputation (Rong et al.,
+  ICML 2022), most- and least-relevant first.
+- `camscope.metrics.localisation`: pointing game, energy-based pointing game, relevance mass
+  and rank accuracy against ground-truth regions.
+- `camscope.metrics.complexity`: sparseness (Gini) and entropy of each map.
+- `camscope.metrics.road`, `.cam_mult_image`, `.perturbation_confidence`, `.arcc`:
+  pytorch-grad-cam 1.5.7's metric classes at its module paths (not re-exported here).
 - `camscope.metrics.agreement`: Pearson, Spearman and top-k IoU between maps.
 - `camscope.metrics.sanity`: cascading model-parameter randomisation (Adebayo et al.,
   NeurIPS 2018).
@@ -22,6 +29,7 @@ from camscope.metrics.agreement import (
     spearman,
     top_iou,
 )
+from camscope.metrics.complexity import entropy, sparseness
 from camscope.metrics.faithfulness import (
     BLUR_KERNEL_SIZE,
     BLUR_SIGMA,
@@ -45,6 +53,24 @@ from camscope.metrics.labels import (
     load_labels,
     lookup_label,
     truth_from_filename,
+)
+from camscope.metrics.localisation import (
+    POINTING_TOLERANCE,
+    energy_pointing_game,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+)
+from camscope.metrics.removal import (
+    NEIGHBOUR_WEIGHTS,
+    ROAD,
+    ROAD_FRACTIONS,
+    ROAD_NOISE,
+    noisy_linear_impute,
+    removal_masks,
+    road,
+    road_curve,
+    road_inputs,
 )
 from camscope.metrics.sanity import (
     SanityStep,
@@ -78,6 +104,22 @@ from camscope.metrics.stats import (
 )
 
 __all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "POINTING_TOLERANCE",
+    "ROAD",
+    "ROAD_FRACTIONS",
+    "ROAD_NOISE",
+    "energy_pointing_game",
+    "entropy",
+    "noisy_linear_impute",
+    "pointing_game",
+    "relevance_mass",
+    "relevance_rank",
+    "removal_masks",
+    "road",
+    "road_curve",
+    "road_inputs",
+    "sparseness",
     "SanityVerdict",
     "empty_maps",
     "sanity_verdict",

@@ -1,0 +1,277 @@
+"""ROAD: RemOve And Debias (Rong et al., ICML 2022), batched.
+
+A removal metric removes the pixels a map ranks most relevant first (MoRF) or least relevant
+first (LeRF) and measures the model on what is left. Replacing removed pixels by a constant lets
+the *shape* of the removed region leak the class (the paper's "class information leakage"); ROAD
+instead fills them by **noisy linear imputation**: each removed pixel equals the weighted mean of
+its 8 neighbours (weight 1/6 for the 4 direct, 1/12 for the 4 diagonal neighbours; neighbours
+outside the image are left out), plus Gaussian noise of standard deviation ``noise`` (0.01, on
+the values of the tensor given, as the authors' code). The removed pixels of one image form one
+sparse linear system, symmetric and diagonally dominant (positive definite whenever at least one
+pixel is kept), solved exactly for all channels at once; the systems of a whole batch of
+(image, fraction) pairs are assembled without Python loops into one block-diagonal matrix and
+solved by one sparse LU factorisation (scipy.sparse).
+
+Conventions as `camscope.metrics.faithfulness` (``model`` returns logits and may be an
+`camscope.engine.InferenceEngine`; ``inputs`` normalised (N, 3, H, W); ``maps`` (N, H, W);
+``targets`` (N,) class indices; scores are softmax probabilities of the target class).
+
+Fractions are the share of pixels removed, exactly: the ``round(f * H * W)`` pixels first in
+`saliency_rank` order (MoRF) or last (LeRF), ties broken by pixel index. The paper evaluates
+10 %, 20 %, ..., 90 % (`ROAD_FRACTIONS`). Per image:
+
+- ``morf`` (N, F): ``p_c`` after removing the most relevant fraction; low = faithful map.
+- ``lerf`` (N, F): ``p_c`` after removing the least relevant fraction; high = faithful map.
+- ``morf_mean``, ``lerf_mean``: their mean over the fractions (area under the curve);
+  ``combined = (lerf_mean - morf_mean) / 2`` in [-0.5, 0.5], high = faithful (as
+  pytorch-grad-cam's ``ROADCombined``, which uses score differences; the base cancels).
+
+Paper: Rong, Leemann, Borisov, Kasneci, Kasneci, "A Consistent and Efficient Evaluation
+Strategy for Attribution Methods", ICML 2022, https://arxiv.org/abs/2202.00449
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from camscope.metrics.faithfulness import _check, _chunked_probs, saliency_rank
+
+__all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "ROAD",
+    "ROAD_FRACTIONS",
+    "ROAD_NOISE",
+    "noisy_linear_impute",
+    "removal_masks",
+    "road",
+    "road_curve",
+    "road_inputs",
+]
+
+#: (row offset, column offset, weight) of the 8 neighbours in the imputation (the paper's).
+NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
+    (0, 1, 1 / 6),
+    (0, -1, 1 / 6),
+    (1, 0, 1 / 6),
+    (-1, 0, 1 / 6),
+    (1, 1, 1 / 12),
+    (1, -1, 1 / 12),
+    (-1, 1, 1 / 12),
+    (-1, -1, 1 / 12),
+)
+#: The removed shares of pixels the paper evaluates.
+ROAD_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: Standard deviation of the imputation noise (in the units of the tensor imputed).
+ROAD_NOISE = 0.01
+
+
+def removal_masks(
+    maps: torch.Tensor, fractions: Sequence[float], *, most_relevant_first: bool = True
+) -> torch.Tensor:
+    """Removed pixels, (N, F, H, W) bool: ``round(f * H * W)`` of them per fraction ``f``.
+
+    MoRF removes the pixels first in `saliency_rank` (most salient), LeRF the last ones.
+    """
+    n, h, w = maps.shape
+    rank = saliency_rank(maps)
+    if not most_relevant_first:
+        rank = h * w - 1 - rank
+    counts = torch.tensor([round(f * h * w) for f in fractions], device=maps.device)
+    if any(not 0 <= f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], got {tuple(fractions)}")
+    return rank[:, None] < counts.view(1, -1, 1, 1)
+
+
+def _system(removed: np.ndarray) -> tuple[object, np.ndarray, list[np.ndarray]]:
+    """The sparse system ``A v = B x`` of the removed pixels of (B, H, W) masks.
+
+    Returns (A as CSC, unknown flat indices u, [(rows, cols, weights) of known neighbours]).
+    """
+    from scipy import sparse  # a dependency of scikit-image; imported here to keep import light
+
+    b, h, w = removed.shape
+    flat = removed.reshape(-1)
+    unknown = np.flatnonzero(flat)
+    slot = np.full(flat.size, -1, dtype=np.int64)
+    slot[unknown] = np.arange(unknown.size)
+    pix = unknown % (h * w)
+    r, c = pix // w, pix % w
+    diag = np.zeros(unknown.size)
+    rows, cols, vals, known = [], [], [], []
+    for dr, dc, weight in NEIGHBOUR_WEIGHTS:  # 8 vectorised offsets, not a per-pixel loop
+        rr, cc = r + dr, c + dc
+        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        eq = np.flatnonzero(ok)
+        nb = unknown[eq] + dr * w + dc
+        diag[eq] += weight
+        inner = slot[nb]
+        is_unknown = inner >= 0
+        rows.append(eq[is_unknown])
+        cols.append(inner[is_unknown])
+        vals.append(np.full(int(is_unknown.sum()), -weight))
+        known.append((eq[~is_unknown], nb[~is_unknown], weight))
+    rows.append(np.arange(unknown.size))
+    cols.append(np.arange(unknown.size))
+    vals.append(diag)
+    a = sparse.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(unknown.size, unknown.size),
+    )
+    return a, unknown, known
+
+
+def noisy_linear_impute(
+    images: torch.Tensor,
+    removed: torch.Tensor,
+    *,
+    noise: float = ROAD_NOISE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """ROAD's noisy linear imputation of the ``removed`` pixels of a batch, (B, C, H, W).
+
+    For every removed pixel ``p``: ``sum_q w_q (v_p - v_q) = 0`` over its in-image neighbours
+    ``q`` (`NEIGHBOUR_WEIGHTS`), with ``v_q`` the image's value where ``q`` is kept and the
+    unknown where it is removed; solved in float64 (one sparse LU for the whole batch and all
+    channels), then ``noise * N(0, 1)`` added to each imputed value (``generator`` seeds it).
+    A mask that removes every pixel of an image has no solution: ValueError.
+    """
+    from scipy.sparse.linalg import splu
+
+    if images.ndim != 4 or removed.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"images (B, C, H, W) and removed (B, H, W) expected, got {tuple(images.shape)} "
+            f"and {tuple(removed.shape)}"
+        )
+    mask = removed.detach().cpu().numpy().astype(bool)
+    if mask.reshape(len(mask), -1).all(axis=1).any():
+        raise ValueError("an image with every pixel removed cannot be imputed")
+    b, ch, h, w = images.shape
+    # (B*H*W, C) pixel rows, float64, a fresh copy
+    flat = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, ch).clone()
+    if mask.any():
+        a, unknown, known = _system(mask)
+        values = flat.numpy()
+        rhs = np.zeros((unknown.size, ch))
+        for eq, nb, weight in known:
+            rhs[eq] += weight * values[nb]  # eq unique within one offset
+        solved = torch.from_numpy(splu(a).solve(rhs))
+        if noise:
+            solved += noise * torch.randn(solved.shape, generator=generator, dtype=torch.float64)
+        flat[torch.from_numpy(unknown)] = solved
+    filled = flat.view(b, h, w, ch).permute(0, 3, 1, 2)
+    return filled.contiguous().to(device=images.device, dtype=images.dtype)
+
+
+def road_inputs(
+    inputs: torch.Tensor,
+    maps: torch.Tensor,
+    *,
+    fractions: Sequence[float] = ROAD_FRACTIONS,
+    most_relevant_first: bool = True,
+    noise: float = ROAD_NOISE,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The imputed images of every (image, fraction), (N, F, C, H, W)."""
+    n, c, h, w = inputs.shape
+    removed = removal_masks(maps, fractions, most_relevant_first=most_relevant_first)
+    f = removed.shape[1]
+    repeated = inputs[:, None].expand(n, f, c, h, w).reshape(n * f, c, h, w)
+    out = noisy_linear_impute(
+        repeated, removed.reshape(n * f, h, w), noise=noise, generator=generator
+    )
+    return out.view(n, f, c, h, w)
+
+
+def road_curve(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    most_relevant_first: bool = True,
+    fractions: Sequence[float] = ROAD_FRACTIONS,
+    noise: float = ROAD_NOISE,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``p_c`` of each image after ROAD removal of each fraction, (N, F) float32.
+
+    Imputation runs ``batch_size`` images at a time (one sparse solve each), then one batched
+    forward pass of those images.
+    """
+    maps, targets = _check(inputs, maps, targets)
+    n, f = len(inputs), len(fractions)
+    out = torch.empty(n * f, dtype=torch.float32, device=inputs.device)
+    per = max(1, batch_size // max(f, 1))
+    for start in range(0, n, per):  # chunks of images, each chunk one solve + forwards
+        sl = slice(start, min(start + per, n))
+        imputed = road_inputs(
+            inputs[sl],
+            maps[sl],
+            fractions=fractions,
+            most_relevant_first=most_relevant_first,
+            noise=noise,
+            generator=generator,
+        ).flatten(0, 1)
+        tg = targets[sl].repeat_interleave(f)
+        probs = _chunked_probs(
+            model,
+            len(imputed),
+            lambda i, im=imputed, t=tg: (im[i], t[i]),
+            batch_size,
+            inputs.device,
+        )
+        out[start * f : sl.stop * f] = probs
+    return out.view(n, f)
+
+
+@dataclass
+class ROAD:
+    """ROAD scores of N maps: ``morf`` / ``lerf`` (N, F) probabilities at ``fractions``."""
+
+    fractions: tuple[float, ...]
+    morf: torch.Tensor
+    lerf: torch.Tensor
+
+    @property
+    def morf_mean(self) -> torch.Tensor:
+        """(N,) mean MoRF probability over the fractions; lower = more faithful."""
+        return self.morf.mean(dim=1)
+
+    @property
+    def lerf_mean(self) -> torch.Tensor:
+        """(N,) mean LeRF probability over the fractions; higher = more faithful."""
+        return self.lerf.mean(dim=1)
+
+    @property
+    def combined(self) -> torch.Tensor:
+        """(N,) ``(lerf_mean - morf_mean) / 2`` in [-0.5, 0.5]; higher = more faithful."""
+        return (self.lerf_mean - self.morf_mean) / 2
+
+
+def road(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    fractions: Sequence[float] = ROAD_FRACTIONS,
+    noise: float = ROAD_NOISE,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+) -> ROAD:
+    """ROAD MoRF and LeRF at every fraction (Rong et al., ICML 2022); 2 N F forward passes."""
+    kw = {
+        "fractions": fractions,
+        "noise": noise,
+        "batch_size": batch_size,
+        "generator": generator,
+    }
+    morf = road_curve(model, inputs, maps, targets, most_relevant_first=True, **kw)
+    lerf = road_curve(model, inputs, maps, targets, most_relevant_first=False, **kw)
+    return ROAD(tuple(float(f) for f in fractions), morf, lerf)
