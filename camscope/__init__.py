@@ -31,6 +31,9 @@ from camscope.methods import (
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedBackpropReLUModel,
+    GuidedGradCAM,
     HiResCAM,
     LayerCAM,
     RandomCAM,
@@ -46,6 +49,9 @@ from camscope.methods import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "GuidedBackprop",
+    "GuidedBackpropReLUModel",
+    "GuidedGradCAM",
     "FinerCAM",
     "ShapleyCAM",
     "FEM",

@@ -1,8 +1,9 @@
 """Class activation map methods, one class each, over a shared `BaseCAM`.
 
 Families: `camscope.methods.gradient`, `camscope.methods.eigen`,
-`camscope.methods.activation`, `camscope.methods.perturbation`. Each method registers itself
-in `METHODS` (`camscope.methods.registry`), which the CLI, run metadata and report read.
+`camscope.methods.activation`, `camscope.methods.guided`, `camscope.methods.perturbation`.
+Each method registers itself in `METHODS` (`camscope.methods.registry`), which the CLI, run
+metadata and report read.
 
 Usage::
 
@@ -32,6 +33,7 @@ from camscope.methods.gradient import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from camscope.methods.guided import GuidedBackprop, GuidedBackpropReLUModel, GuidedGradCAM
 from camscope.methods.perturbation import ISCAM, RISE, SSCAM, AblationCAM, RandomCAM, ScoreCAM
 from camscope.methods.registry import (
     METHODS,
@@ -54,6 +56,9 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "GuidedBackprop",
+    "GuidedBackpropReLUModel",
+    "GuidedGradCAM",
     "FinerCAM",
     "ShapleyCAM",
     "FEM",
