@@ -10,6 +10,8 @@ Pure functions over a model: nothing here knows how a map was made (this package
 - `camscope.metrics.localisation`: pointing game, energy-based pointing game, relevance mass
   and rank accuracy against ground-truth regions.
 - `camscope.metrics.complexity`: sparseness (Gini) and entropy of each map.
+- `camscope.metrics.synthetic`: coloured shapes with known positions and a small CNN, for
+  meta-evaluating the metrics (benchmarks/meta_eval.py; not re-exported here).
 - `camscope.metrics.road`, `.cam_mult_image`, `.perturbation_confidence`, `.arcc`:
   pytorch-grad-cam 1.5.7's metric classes at its module paths (not re-exported here).
 - `camscope.metrics.agreement`: Pearson, Spearman and top-k IoU between maps.
