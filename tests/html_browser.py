@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from camscope.report.html import CSP
+from camscope.report import CSP
 
 
 class Collect(HTMLParser):

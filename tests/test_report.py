@@ -271,25 +271,25 @@ def _scalars() -> Scalars:
 
 def test_image_findings_follow_the_numbers():
     s, t = _scalars(), Thresholds()
-    f0 = " ".join(image_findings(s, 0, t))
+    f0 = " ".join(f.text for f in image_findings(s, 0, t))
     assert "which is correct" in f0
     assert "Empty map (no spatial variation), left out of the comparisons: ScoreCAM" in f0
     assert "Grad-CAM and AblationCAM agree strongly (Pearson r = 0.90, top-20% IoU = 0.80)" in f0
     assert "ScoreCAM agree" not in f0  # the empty map is not compared
     assert "Most faithful by deletion (lowest AUC): Grad-CAM (0.050)" in f0
     assert "spread" not in f0 and "off the region" not in f0
-    f1 = " ".join(image_findings(s, 1, t))
+    f1 = " ".join(f.text for f in image_findings(s, 1, t))
     assert "ground truth is unknown" in f1
     assert "Grad-CAM and ScoreCAM agree weakly (Pearson r = 0.10" in f1
     assert "Grad-CAM and AblationCAM agree moderately" in f1
     assert "The map of AblationCAM is spread: 45% of its pixels are above 0.5" in f1
     assert "The top-20% region of ScoreCAM is off the region the others share" in f1
     assert "Most faithful by insertion (highest AUC): AblationCAM (0.900)" in f1
-    f2 = " ".join(image_findings(s, 2, t))
+    f2 = " ".join(f.text for f in image_findings(s, 2, t))
     assert "which is wrong (truth: class index 7)" in f2
     assert "spread" not in f2 and "off the region" not in f2
     assert "By deletion (lowest AUC) no map is clearly most faithful" in f2  # all 0.3
-    strict = " ".join(image_findings(s, 0, Thresholds(strong_agreement=0.95)))
+    strict = " ".join(f.text for f in image_findings(s, 0, Thresholds(strong_agreement=0.95)))
     assert "agree strongly" not in strict
 
 
@@ -338,3 +338,156 @@ def test_comparisons_csv_lists_every_pair_corrected(small):
         u_low, u_high = float(row["uncorrected_low"]), float(row["uncorrected_high"])
         assert low <= u_low + 1e-9 and u_high <= high + 1e-9  # corrected is never narrower
         assert row["significant"] == str(low > 0 or high < 0)
+
+
+# ------------------------------------------------------------- comparisons matrix, robustness
+
+
+def _metric_scalars(values: dict[str, dict[str, np.ndarray]]) -> Scalars:
+    """Scalars of len(values[m][k]) images: ``values`` method -> metric key -> per-image values."""
+    methods = list(values)
+    n = len(next(iter(values[methods[0]].values())))
+    cols = {"empty": np.zeros(n), "share_above_half": np.full(n, 0.1), "seconds": np.zeros(n)}
+    full = {m: cols | {k: np.full(n, np.nan) for k in (s.key for s in METRICS)} | v
+            for m, v in values.items()}  # fmt: skip
+    images = pa.table({
+        "key": [f"k{i}" for i in range(n)], "name": [f"i{i}" for i in range(n)],
+        "file": [f"/x/{i}" for i in range(n)], "top1_index": [1] * n, "top1_name": ["cat"] * n,
+        "top1_prob": [0.5] * n, "target_index": [1] * n, "target_name": ["cat"] * n,
+        "truth_index": [1] * n, "run_dir": ["r"] * n,
+    })  # fmt: skip
+    failures = pa.table({"name": [], "file": [], "error": [], "run_dir": []})
+    rows = {m: np.arange(n) for m in methods}
+    return Scalars(methods, images, full, rows, failures, True)
+
+
+def _document(s: Scalars):
+    from camscope.report.context import ReportContext
+    from camscope.report.data import summarise
+    from camscope.report.outline import build_document
+
+    summary = summarise(s, resamples=1000)
+    ctx = ReportContext("t", [], [], s, summary, steps=8)
+    return summary, build_document(ctx)
+
+
+def _findings(doc, key: str) -> list:
+    return [f for b in doc.section(key).blocks for f in getattr(b, "findings", [])]
+
+
+def test_the_ranking_depends_on_the_metric_is_said(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60
+    image = rng.uniform(0.2, 0.5, n)
+
+    def noisy(shift):
+        return np.clip(image + shift + rng.normal(0, 0.03, n), 0, 1)
+
+    # Average Drop (lower is better) puts Grad-CAM ahead; Deletion AUC (lower) puts ScoreCAM ahead
+    s = _metric_scalars({
+        "gradcam": {"average_drop": noisy(0.0), "deletion_auc": noisy(0.2)},
+        "ablationcam": {"average_drop": noisy(0.1), "deletion_auc": noisy(0.1)},
+        "scorecam": {"average_drop": noisy(0.2), "deletion_auc": noisy(0.0)},
+    })  # fmt: skip
+    summary, doc = _document(s)
+    assert [m.key for m in summary.measured] == ["average_drop", "deletion_auc"]
+    tau = summary.metric_agreement[("average_drop", "deletion_auc")]
+    assert tau.mean == pytest.approx(-1.0) and tau.high < 0
+    found = _findings(doc, "robustness")
+    kinds = [f.kind for f in found]
+    assert "robust" not in kinds and "no_winner" in kinds
+    depends = [f.text for f in found if f.kind == "depends"]
+    assert ("On these images the ranking of Grad-CAM and ScoreCAM depends on the metric: "
+            "Grad-CAM is ahead on Average Drop, ScoreCAM on Deletion AUC.") in depends  # fmt: skip
+    assert len(depends) == 3  # every pair is reversed
+    # one matrix per metric: 3 x 3, diagonal "self", colours follow the direction
+    matrices = [b for b in doc.section("rankings").blocks if b.kind == "matrix"]
+    assert len(matrices) == 2
+    drop = matrices[0]
+    assert drop.labels == ["Grad-CAM", "AblationCAM", "ScoreCAM"]
+    assert [drop.rows[i][i].tone for i in range(3)] == ["self"] * 3
+    assert drop.rows[0][2].tone == "better" and drop.rows[2][0].tone == "worse"
+    md = _render_both(doc)
+    assert "| Grad-CAM | — |" in md and "better" in md
+
+
+def _render_both(doc) -> str:
+    from camscope.report import render_html, render_markdown
+
+    html = render_html(doc)
+    assert '<td class="better"' in html and '<td class="worse"' in html
+    return render_markdown(doc)
+
+
+def test_a_winner_only_when_it_leads_on_every_metric():
+    rng = np.random.default_rng(1)
+    n = 60
+    image = rng.uniform(0.2, 0.5, n)
+    s = _metric_scalars({
+        m: {"average_drop": image + d + rng.normal(0, 0.02, n),
+            "insertion_auc": 1 - image - d + rng.normal(0, 0.02, n)}
+        for m, d in (("gradcam", 0.0), ("ablationcam", 0.1), ("scorecam", 0.2))
+    })  # fmt: skip
+    _, doc = _document(s)
+    found = _findings(doc, "robustness")
+    robust = [f.text for f in found if f.kind == "robust"]
+    assert robust == ["Grad-CAM is significantly ahead of every other method on every metric "
+                      "(Average Drop and Insertion AUC)."]  # fmt: skip
+    assert not [f for f in found if f.kind == "depends"]
+    # the same methods with pure noise: no winner is named anywhere
+    s = _metric_scalars({
+        m: {"average_drop": image + rng.normal(0, 0.05, n),
+            "insertion_auc": 1 - image + rng.normal(0, 0.05, n)}
+        for m in ("gradcam", "ablationcam", "scorecam")
+    })  # fmt: skip
+    _, doc = _document(s)
+    texts = " ".join(f.text for f in _findings(doc, "robustness") + _findings(doc, "rankings"))
+    assert "ahead of every other method" not in texts and " is best" not in texts
+
+
+def test_a_declared_metric_appears_everywhere_without_report_code(monkeypatch):
+    """One MetricSpec in METRICS: summary, matrix, robustness, definitions pick it up."""
+    import sys
+
+    from camscope.report.data import MetricSpec
+
+    extra = MetricSpec("sparseness", "Sparseness (Gini)", "", 1.0, True, 3,
+                       definition="Sparseness: the Gini index of the map's values.")  # fmt: skip
+    for name, module in list(sys.modules.items()):
+        if name.startswith("camscope.report") and hasattr(module, "METRICS"):
+            monkeypatch.setattr(module, "METRICS", (*METRICS, extra))
+    rng = np.random.default_rng(2)
+    n = 40
+    s = _metric_scalars({
+        m: {"deletion_auc": rng.uniform(0.1, 0.3, n) + d,
+            "sparseness": rng.uniform(0.2, 0.4, n) + d}
+        for m, d in (("gradcam", 0.0), ("scorecam", 0.3))
+    })  # fmt: skip
+    summary, doc = _document(s)
+    assert [m.key for m in summary.measured] == ["deletion_auc", "sparseness"]
+    table = doc.section("summary").blocks[0]
+    assert any(h.startswith("Sparseness (Gini), higher is better") for h in table.header)
+    matrices = [b for b in doc.section("rankings").blocks if b.kind == "matrix"]
+    assert [m.caption.split(":")[0] for m in matrices] == ["Deletion AUC", "Sparseness (Gini)"]
+    assert ("deletion_auc", "sparseness") in summary.metric_agreement
+    depends = [f.text for f in _findings(doc, "robustness") if f.kind == "depends"]
+    assert depends == ["On these images the ranking of Grad-CAM and ScoreCAM depends on the "
+                       "metric: Grad-CAM is ahead on Deletion AUC, ScoreCAM on Sparseness "
+                       "(Gini)."]  # fmt: skip
+    assert "Sparseness: the Gini index" in " ".join(doc.section("definitions").blocks[0].items)
+
+
+def test_templates_are_package_data():
+    """Every template file is matched by pyproject's package-data (so wheels ship them)."""
+    import fnmatch
+
+    import camscope.report
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(camscope.report.__file__).parent
+    config = tomllib.loads((root.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["camscope.report"]
+    files = [p.relative_to(root).as_posix() for p in (root / "templates").iterdir()]
+    assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
+    assert any(d.startswith("jinja2") for d in config["project"]["dependencies"])

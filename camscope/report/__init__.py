@@ -4,11 +4,17 @@
 report; memory and page size stay bounded whatever the number of images. Modules:
 
 - `camscope.report.source`: the report's access to run folders (through `camscope.run.results`).
-- `camscope.report.data`: per-image scalars, metric specs, intervals, rankings, sanity verdicts.
-- `camscope.report.text`: every sentence of the analysis, chosen by the numbers.
+- `camscope.report.data`: per-image scalars, the metric table `METRICS` (one declaration per
+  metric), intervals, corrected rankings, ranking agreement between metrics, sanity verdicts.
+- `camscope.report.text`: every sentence of the analysis, chosen by the numbers (as `Finding`s
+  and blocks).
 - `camscope.report.plots`: mean curves (streamed sums) and distributions.
 - `camscope.report.gallery`: bounded gallery sections and their thumbnails.
-- `camscope.report.html` / `camscope.report.markdown`: the two renderings.
+- `camscope.report.document`: the report as data (sections of blocks: paragraphs, tables,
+  comparison matrices, figures, the gallery).
+- `camscope.report.outline`: `SECTIONS`, the one section list, and `build_document`.
+- `camscope.report.render`: report.html / report.md from the `Document` by Jinja2 templates
+  (``camscope/report/templates``, package data; autoescaped HTML).
 
 Metrics (see `camscope.metrics`): Average Drop / Increase in Confidence (Chattopadhyay et al.,
 WACV 2018, https://arxiv.org/abs/1710.11063), Deletion / Insertion (Petsiuk et al., BMVC 2018,
@@ -18,23 +24,32 @@ https://arxiv.org/abs/1810.03292).
 
 from __future__ import annotations
 
-from camscope.report.build import build_report, summary_csv
+from camscope.report.build import build_report, comparisons_csv, summary_csv
 from camscope.report.data import METRICS, MetricSpec, Scalars, Summary, Thresholds
+from camscope.report.document import Document, Finding
 from camscope.report.gallery import GALLERY_CAP
-from camscope.report.html import CSP, MAX_BYTES
+from camscope.report.outline import SECTIONS, build_document
+from camscope.report.render import CSP, MAX_BYTES, render_html, render_markdown
 from camscope.report.source import RunFolderError, RunTable
 
 __all__ = [
     "CSP",
+    "Document",
+    "Finding",
     "GALLERY_CAP",
     "MAX_BYTES",
     "METRICS",
     "MetricSpec",
     "RunFolderError",
     "RunTable",
+    "SECTIONS",
     "Scalars",
     "Summary",
     "Thresholds",
+    "build_document",
     "build_report",
+    "comparisons_csv",
+    "render_html",
+    "render_markdown",
     "summary_csv",
 ]

@@ -20,19 +20,19 @@ from camscope.metrics import RESAMPLES
 from camscope.report.context import ReportContext
 from camscope.report.data import (
     METRICS,
-    MetricSpec,
     Scalars,
     Summary,
     Thresholds,
     load_scalars,
     summarise,
 )
+from camscope.report.document import Figure
 from camscope.report.gallery import GALLERY_CAP, make_cards, select_sections
-from camscope.report.html import render_html
-from camscope.report.markdown import render_markdown
+from camscope.report.outline import build_document
 from camscope.report.plots import curve_sums, figure_png, plot_curves, plot_distributions
+from camscope.report.render import render_html, render_markdown
 from camscope.report.source import RunFolderError, RunTable, read_run, read_sanity
-from camscope.report.text import interval_text, label, num, ranking_lines
+from camscope.report.text import label, num
 
 log = logging.getLogger("camscope")
 
@@ -136,23 +136,6 @@ def _notes(runs: list[dict], dirs: Sequence[Path]) -> list[str]:
     return notes
 
 
-def _analysis(s: Scalars, summary: Summary) -> list[str]:
-    lines: list[str] = []
-    if not s.has_metrics:
-        lines.append("Faithfulness was not measured (run without --metrics): no ranking.")
-    for spec in METRICS:
-        rk = summary.rankings.get(spec.key)
-        if rk is not None and rk.order:
-            lines += [*ranking_lines(spec, rk, summary), ""]
-    for (a, b), ivs in summary.agreement.items():
-        for key, text in (("pearson", "Pearson r"), ("top20_iou", "top-20% IoU")):
-            if key in ivs:
-                spec = MetricSpec(key, text, "", 1.0, True, 2)
-                lines.append(f"- Mean {text}, {label(a)} vs {label(b)}: "
-                             f"{interval_text(spec, ivs[key], summary.min_n)}.")  # fmt: skip
-    return lines
-
-
 def _links(out_dir: Path, dirs: Sequence[Path]) -> list[tuple[str, str]]:
     """Relative links to each folder's metrics.csv (when written) and results table."""
     links = []
@@ -189,7 +172,7 @@ def build_report(
     seed: int = 0,
     thresholds: Thresholds | None = None,
 ) -> dict[str, Path]:
-    """Build summary.csv, curves.png, distributions.png, report.html and report.md in ``out_dir``.
+    """Build summary.csv, comparisons.csv, the plots, report.html and report.md in ``out_dir``.
 
     ``run_dirs``: one run folder, or several (shards) merged into one report. Returns the files
     written (name -> path); a file that cannot be written is one warning line and left out.
@@ -223,28 +206,34 @@ def build_report(
         links=_links(out_dir, dirs),
         scalars=s,
         summary=summary,
-        analysis=_analysis(s, summary),
         steps=steps,
         thresholds=thresholds,
+        figures=_figures(table, s, summary),
         notes=_notes(runs, dirs),
     )
-    if s.methods:
-        ctx.plots["Metric distributions per method"] = figure_png(plot_distributions(s, summary))
-    if s.has_metrics:
-        ctx.plots["Mean deletion and insertion curves"] = figure_png(
-            plot_curves(curve_sums(table, s.methods))
-        )
     ctx.sections = select_sections(s, gallery_cap, seed)
     ctx.cards = make_cards(table, s, ctx.sections)
+    doc = build_document(ctx)
     out: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write(out, out_dir / "summary.csv", summary_csv(s, summary))
     if summary.rankings:
         _write(out, out_dir / "comparisons.csv", comparisons_csv(summary))
-    names = {"Mean deletion and insertion curves": "curves.png",
-             "Metric distributions per method": "distributions.png"}  # fmt: skip
-    for caption, png in ctx.plots.items():
-        _write(out, out_dir / names[caption], png)
-    _write(out, out_dir / "report.html", render_html(ctx))
-    _write(out, out_dir / "report.md", render_markdown(ctx))
+    for figure in doc.figures():
+        _write(out, out_dir / figure.file, figure.png)
+    _write(out, out_dir / "report.html", render_html(doc))
+    _write(out, out_dir / "report.md", render_markdown(doc))
     return out
+
+
+def _figures(table: RunTable, s: Scalars, summary: Summary) -> list[Figure]:
+    """The plots: metric distributions (any methods), mean curves (with metrics)."""
+    figures = []
+    if s.methods and summary.measured:
+        png = figure_png(plot_distributions(s, summary))
+        figures.append(Figure("distributions", "distributions.png",
+                              "Metric distributions per method", png))  # fmt: skip
+    if s.has_metrics:
+        png = figure_png(plot_curves(curve_sums(table, s.methods)))
+        figures.append(Figure("curves", "curves.png", "Mean deletion and insertion curves", png))
+    return figures

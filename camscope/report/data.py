@@ -26,6 +26,7 @@ from camscope.metrics import (
     bootstrap_interval,
     proportion_interval,
     rank_methods,
+    ranking_agreement,
     sanity_verdict,
 )
 from camscope.report.source import RunTable
@@ -70,11 +71,16 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A per-image faithfulness metric: column of the table, display, range, interval and tie rule.
+    """A per-image metric: column of the table, display, range, interval, tie rule, definition.
 
+    One declaration per metric in `METRICS` is all the report needs: the summary, the
+    comparison matrices, the ranking robustness, summary.csv and comparisons.csv pick it up.
     bounds: the range of the per-image value (raw units). interval: "bootstrap" (percentile
-    bootstrap of the mean) or "wilson" (proportion of true values). tie: means closer than this
-    (raw units; half a unit of the last shown digit) are reported as tied.
+    bootstrap of the mean) or "wilson" (proportion of true values; shown per image as yes/no).
+    tie: means closer than this (raw units; half a unit of the last shown digit) are reported
+    as tied. definition: one sentence for the report's definitions (``{steps}`` is replaced by
+    the run's step count). ranked: whether a better value means a better explanation (ranked,
+    compared and part of the robustness analysis) or only describes the maps.
     """
 
     key: str
@@ -86,6 +92,8 @@ class MetricSpec:
     bounds: tuple[float, float] = (0.0, 1.0)
     interval: str = "bootstrap"
     tie: float = 5e-4
+    definition: str = ""
+    ranked: bool = True
 
     def fmt(self, value: float) -> str:
         """Value in display units (``scale`` applied), ``digits`` decimals and the unit."""
@@ -98,12 +106,28 @@ class MetricSpec:
         """The phrase "higher is better" or "lower is better", for the report's tables."""
         return "higher is better" if self.higher_is_better else "lower is better"
 
+    @property
+    def heading(self) -> str:
+        """Label with its unit: "Average Drop (%)"."""
+        return f"{self.label} ({self.unit})" if self.unit else self.label
 
-#: The four faithfulness metrics, in report order.
+
+_DROP = (
+    "Average Drop % = 100 × mean of max(0, Y − O) / Y and Increase in Confidence % = 100 × "
+    "share of images with O > Y, where Y is the target-class probability of the image and O "
+    "that of the image multiplied by the map (Chattopadhyay et al., WACV 2018, arXiv:1710.11063)."
+)
+_AUC = (
+    "Deletion / Insertion AUC: probability while the most salient pixels are replaced by the "
+    "dataset mean / restored into a blurred copy, {steps} steps, trapezoid area on [0, 1] "
+    "(Petsiuk et al., BMVC 2018, arXiv:1806.07421)."
+)
+
+#: Every per-image metric of the results table, in report order (one declaration each).
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("average_drop", "Average Drop", "%", 100.0, False, 1),
+    MetricSpec("average_drop", "Average Drop", "%", 100.0, False, 1, definition=_DROP),
     MetricSpec("increase", "Increase in Confidence", "%", 100.0, True, 1, interval="wilson"),
-    MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3),
+    MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3, definition=_AUC),
     MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
 )
 
@@ -112,7 +136,11 @@ IMAGE_COLUMNS = (
     "key", "name", "file", "top1_index", "top1_name", "top1_prob", "target_index",
     "target_name", "truth_index",
 )  # fmt: skip
-_METHOD_COLUMNS = ("empty", "share_above_half", "seconds", *(s.key for s in METRICS))
+
+
+def _method_columns() -> tuple[str, ...]:
+    """Per-image, per-method columns the report reads: map facts and every metric of METRICS."""
+    return ("empty", "share_above_half", "seconds", *(s.key for s in METRICS))
 
 
 @dataclass
@@ -120,7 +148,7 @@ class Scalars:
     """Per-image scalars of a results table, aligned over the ok images.
 
     images: IMAGE_COLUMNS + ``run_dir`` per ok image (one row per image). values: method ->
-    column -> (N,) float64, NaN where missing; columns are ``_METHOD_COLUMNS`` plus
+    column -> (N,) float64, NaN where missing; columns are ``_method_columns()`` plus
     ``pearson__X`` / ``top20_iou__X``. rows: method -> (N,) int64 position of that image's row
     in `RunTable.batches` order (-1 where missing), to fetch maps of chosen images later.
     failures: name, file, error of failed inputs.
@@ -155,7 +183,8 @@ def _method_order(found: Sequence[str], preferred: Sequence[str]) -> list[str]:
 def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
     """Read the scalar columns of ``table`` and pivot them per method (see `Scalars`)."""
     agree = [c for c in table.columns if c.startswith(("pearson__", "top20_iou__"))]
-    cols = [*IMAGE_COLUMNS, "status", "error", "method", *_METHOD_COLUMNS, *agree]
+    columns = _method_columns()
+    cols = [*IMAGE_COLUMNS, "status", "error", "method", *columns, *agree]
     data = table.read(cols)
     position = np.arange(data.num_rows)
     ok = pc.fill_null(pc.equal(data["status"], "ok"), False).to_numpy(zero_copy_only=False)
@@ -178,11 +207,11 @@ def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
         rows[m] = np.full(n, -1, dtype=np.int64)
         rows[m][image[sel]] = pos[sel]
         values[m] = {}
-        for c in (*_METHOD_COLUMNS, *agree):
+        for c in (*columns, *agree):
             full = np.full(n, np.nan)
             full[image[sel]] = _as_float(okd[c].take(pa.array(sel)))
             values[m][c] = full
-    has_metrics = any(np.isfinite(values[m]["deletion_auc"]).any() for m in methods)
+    has_metrics = any(np.isfinite(values[m][spec.key]).any() for m in methods for spec in METRICS)
     return Scalars(methods, images, values, rows, failures, has_metrics)
 
 
@@ -205,6 +234,13 @@ class Summary:
     sanity_steps: dict[str, tuple[int, str]] = field(default_factory=dict)
     resamples: int = RESAMPLES
     min_n: int = MIN_N
+    measured: list[MetricSpec] = field(default_factory=list)
+    metric_agreement: dict[tuple[str, str], Interval] = field(default_factory=dict)
+
+    @property
+    def ranked(self) -> list[MetricSpec]:
+        """The measured metrics that rank methods and have a ranking."""
+        return [m for m in self.measured if m.ranked and self.rankings.get(m.key)]
 
 
 def _interval(spec: MetricSpec, values: np.ndarray, resamples: int) -> Interval:
@@ -255,19 +291,30 @@ def summarise(
     thresholds: Thresholds = Thresholds(),
     resamples: int = RESAMPLES,
 ) -> Summary:
-    """Intervals, rankings (ties, significance), agreement and sanity verdicts of ``s``."""
+    """Intervals, rankings (ties, corrected significance), agreement, metric agreement, sanity."""
+    measured = [
+        spec for spec in METRICS if any(np.isfinite(s.values[m][spec.key]).any() for m in s.methods)
+    ]
     intervals = {
         m: {spec.key: _interval(spec, s.values[m][spec.key], resamples) for spec in METRICS}
         for m in s.methods
     }
     rankings = {}
-    if s.has_metrics:
-        for spec in METRICS:
-            samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
-            rankings[spec.key] = rank_methods(
-                samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
-                resamples=resamples,
-            )  # fmt: skip
+    for spec in measured:
+        samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
+        rankings[spec.key] = rank_methods(
+            samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
+            resamples=resamples,
+        )  # fmt: skip
+    ranked = [spec for spec in measured if spec.ranked]
+    metric_agreement = {}
+    if len(ranked) > 1 and len(s.methods) > 1:
+        metric_agreement = ranking_agreement(
+            {spec.key: {m: s.values[m][spec.key] for m in s.methods} for spec in ranked},
+            {spec.key: spec.higher_is_better for spec in ranked},
+            tolerance={spec.key: spec.tie for spec in ranked},
+            resamples=resamples,
+        )
     verdicts, steps = _sanity(sanity, thresholds.sanity_threshold)
     return Summary(
         intervals=intervals,
@@ -278,4 +325,6 @@ def summarise(
         sanity=verdicts,
         sanity_steps=steps,
         resamples=resamples,
+        measured=measured,
+        metric_agreement=metric_agreement,
     )

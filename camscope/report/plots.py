@@ -108,16 +108,17 @@ def plot_curves(sums: CurveSums) -> Figure:
 def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
     """Per-metric distributions per method.
 
-    Average Drop, Deletion and Insertion AUC: box plots (quartiles, median, whiskers at 1.5
-    IQR), with every image as a jittered point up to `POINTS_UP_TO` images. Increase in
-    Confidence, a yes/no outcome per image: the % of images with its Wilson interval.
+    One panel per measured metric of `METRICS`: box plots (quartiles, median, whiskers at 1.5
+    IQR), with every image as a jittered point up to `POINTS_UP_TO` images; a yes/no metric
+    (Wilson interval, e.g. Increase in Confidence): the % of images with its interval.
     """
     labels = [label(m) for m in s.methods]
-    fig = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(METRICS))
+    shown = summary.measured or list(METRICS)
+    fig = Figure(figsize=(3 * max(len(shown), 4), 3.8), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(shown)))
     rng = np.random.default_rng(seed)
     pos = np.arange(len(s.methods))
-    for ax, spec in zip(axes, METRICS, strict=True):
+    for ax, spec in zip(axes, shown, strict=True):
         data = [s.values[m][spec.key] * spec.scale for m in s.methods]
         data = [d[np.isfinite(d)] for d in data]
         if spec.interval == "wilson":
@@ -127,7 +128,7 @@ def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
             hi = np.array([iv.high for iv in ivs]) * spec.scale
             err = np.nan_to_num(np.vstack([means - lo, hi - means]))
             ax.bar(pos, np.nan_to_num(means), yerr=err, capsize=4, color="#7aa6d6")
-            ax.set_ylim(0, 100)
+            ax.set_ylim(0, 100 * spec.scale / 100)
         else:
             ax.boxplot([d if len(d) else [np.nan] for d in data], positions=pos, widths=0.5,
                        showfliers=len(max(data, key=len)) > POINTS_UP_TO)  # fmt: skip

@@ -1,8 +1,12 @@
 """The written analysis: every sentence is a template chosen by, and filled from, a number.
 
 Claims about the order of methods follow `camscope.metrics.rank_methods`: a tie is written as a
-tie, a lead only when every paired difference is significant, and below the minimum n no
-interval is called meaningful and no order is claimed.
+tie, a lead only when every paired difference is significant after the multiple-comparison
+correction, and below the minimum n no interval is called meaningful and no order is claimed.
+Across metrics (`robustness`), a method is called ahead on every metric only when it is
+significantly best on each; where two metrics order two methods oppositely, the report says the
+ranking depends on the metric. Sentences come back as `Finding`s and blocks of
+`camscope.report.document`, never as markup.
 """
 
 from __future__ import annotations
@@ -15,18 +19,21 @@ import numpy as np
 
 from camscope.metrics import CONFIDENCE, CORRECTION, Interval, Ranking
 from camscope.report.data import METRICS, MetricSpec, Scalars, Summary, Thresholds
+from camscope.report.document import Finding, Matrix, MatrixCell, Paragraph, Table
 from camscope.visualize import method_label
 
 __all__ = [
+    "comparison_matrix",
     "definitions",
     "image_findings",
     "interval_text",
     "label",
     "num",
-    "ranking_lines",
+    "ranking_paragraph",
+    "robustness",
     "sanity_lines",
     "statistics_statement",
-    "summary_rows",
+    "summary_table",
 ]
 
 _PCT = f"{100 * CONFIDENCE:g}%"
@@ -34,7 +41,10 @@ _PCT = f"{100 * CONFIDENCE:g}%"
 
 def num(value: float, digits: int) -> str:
     """``value`` with ``digits`` decimals, "n/a" when missing or not finite."""
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.0"
 
 
 def label(method: str) -> str:
@@ -65,12 +75,19 @@ def interval_text(spec: MetricSpec, iv: Interval, min_n: int) -> str:
 
 def statistics_statement(summary: Summary) -> list[str]:
     """How intervals, significance and ties are computed (said once in every report)."""
-    return [
-        f"Means of Average Drop, Deletion AUC, Insertion AUC, Pearson r and top-20% IoU: {_PCT} "
-        f"percentile bootstrap intervals ({summary.resamples:,} resamples, seeded), which stay "
-        "inside the metric's range.",
-        f"Increase in Confidence (a yes/no outcome per image): {_PCT} Wilson score interval of "
-        "the proportion, always inside 0–100%.",
+    shown = summary.measured or list(METRICS)
+    boot = [m.label for m in shown if m.interval == "bootstrap"] + ["Pearson r", "top-20% IoU"]
+    wilson = [m.label for m in shown if m.interval == "wilson"]
+    lines = [
+        f"Means of {join(boot)}: {_PCT} percentile bootstrap intervals "
+        f"({summary.resamples:,} resamples, seeded), which stay inside the metric's range.",
+    ]
+    if wilson:
+        lines.append(
+            f"{join(wilson)} (a yes/no outcome per image): {_PCT} Wilson score interval of the "
+            "proportion, always inside 0–100%."
+        )
+    lines += [
         f"Differences between two methods: mean per-image difference on the images both "
         f"explain, with {_PCT} {CORRECTION} over all k(k−1)/2 pairs of a metric (images "
         "resampled together), so that the intervals of a metric hold together; significant when "
@@ -80,53 +97,152 @@ def statistics_statement(summary: Summary) -> list[str]:
         "AUCs) are reported as tied, and no method is called best then.",
         f"With fewer than {summary.min_n} images an interval is shown but not meaningful and no "
         "difference is called significant.",
+        "Ranking robustness: Kendall's τ-b between two metrics' orders of the methods (ties as "
+        f"above), with a {_PCT} percentile bootstrap interval over images.",
     ]
+    return lines
 
 
-def _pair_line(spec: MetricSpec, a: str, b: str, d) -> str:
-    diff = (
-        f"{label(a)} − {label(b)} = {num(d.mean * spec.scale, spec.digits)}{spec.unit} "
-        f"[{num(d.low * spec.scale, spec.digits)}, {num(d.high * spec.scale, spec.digits)}], "
-        f"n = {d.n}"
-    )
-    if not math.isfinite(d.low):
-        return f"- {diff}: no interval, order not established."
-    if d.significant:
-        return f"- {diff}: significant."
-    if d.low > 0 or d.high < 0:
-        return f"- {diff}: too few images to call it significant."
-    return f"- {diff}: not significant (the interval contains 0)."
+def _verdict(spec: MetricSpec, rk: Ranking, summary: Summary) -> Finding:
+    if not rk.meaningful:
+        return Finding("few", f"Fewer than {summary.min_n} images for some method: no order is "
+                       "claimed and no method is significantly best.")  # fmt: skip
+    if len(rk.tied_best) > 1:
+        return Finding("tie", f"{join([label(m) for m in rk.tied_best])} tie on the best mean "
+                       f"({spec.fmt(rk.means[rk.tied_best[0]])}): no method is significantly "
+                       "best.")  # fmt: skip
+    if rk.best is not None:
+        return Finding("best", f"{label(rk.best)} is best, significantly ahead of every other "
+                       "method (corrected for the number of comparisons).")  # fmt: skip
+    close = [o for o in rk.order[1:] if not rk.pairs[(rk.order[0], o)].significant]
+    return Finding("no_best", f"No method is significantly best: the lead of "
+                   f"{label(rk.order[0])} over {join([label(m) for m in close])} is within the "
+                   "noise.")  # fmt: skip
 
 
-def ranking_lines(spec: MetricSpec, rk: Ranking, summary: Summary) -> list[str]:
-    """The ranking of one metric with what the data support about the order."""
+def ranking_paragraph(spec: MetricSpec, rk: Ranking, summary: Summary) -> Paragraph:
+    """The ranking of one metric (means with intervals) and what the data support about it."""
     ivs = {m: summary.intervals[m][spec.key] for m in rk.order}
-    head = f"**{spec.label}** ({spec.direction}): " + "; ".join(
+    text = f"({spec.direction}): " + "; ".join(
         f"{label(m)} {interval_text(spec, ivs[m], summary.min_n)}" for m in rk.order
     )
-    lines = [head + "."]
-    if len(rk.order) < 2:
-        return lines
-    lines += [_pair_line(spec, a, b, d) for (a, b), d in rk.pairs.items()]
-    if not rk.meaningful:
-        lines.append(
-            f"- Fewer than {summary.min_n} images for some method: no order is claimed and no "
-            "method is significantly best."
-        )
-    elif len(rk.tied_best) > 1:
-        lines.append(
-            f"- {join([label(m) for m in rk.tied_best])} tie on the best mean "
-            f"({spec.fmt(rk.means[rk.tied_best[0]])}): no method is significantly best."
-        )
-    elif rk.best is not None:
-        lines.append(f"- {label(rk.best)} is best, significantly ahead of every other method.")
+    findings = [_verdict(spec, rk, summary)] if len(rk.order) > 1 else []
+    return Paragraph(text + ".", lead=spec.label, findings=findings)
+
+
+def _cell(spec: MetricSpec, a: str, b: str, rk: Ranking) -> MatrixCell:
+    if a == b:
+        return MatrixCell("—", "self")
+    d = rk.comparisons.difference(a, b) if rk.comparisons else None
+    if d is None or not math.isfinite(d.mean):
+        return MatrixCell("n/a", "none")
+    k, digits = spec.scale, spec.digits
+    text = f"{num(d.mean * k, digits)} [{num(d.low * k, digits)}, {num(d.high * k, digits)}]"
+    if not d.significant:
+        tone = "ns"
     else:
-        close = [o for o in rk.order[1:] if not rk.pairs[(rk.order[0], o)].significant]
-        lines.append(
-            f"- No method is significantly best: the lead of {label(rk.order[0])} over "
-            f"{join([label(m) for m in close])} is within the noise."
-        )
-    return lines
+        tone = "better" if (d.mean > 0) == spec.higher_is_better else "worse"
+    word = {"better": "significantly better", "worse": "significantly worse",
+            "ns": "not significantly different"}[tone]  # fmt: skip
+    title = f"{label(a)} − {label(b)}: {word} (n = {d.n}, adjusted p = {num(d.p, 4)})"
+    return MatrixCell(text, tone, title)
+
+
+def comparison_matrix(spec: MetricSpec, rk: Ranking) -> Matrix:
+    """One metric's paired differences as a grid: cell (row a, column b) = a − b."""
+    rows = [[_cell(spec, a, b, rk) for b in rk.order] for a in rk.order]
+    unit = f" ({spec.unit})" if spec.unit else ""
+    return Matrix(
+        caption=f"{spec.label}{unit}: row − column, mean difference [{_PCT} simultaneous interval]",
+        labels=[label(m) for m in rk.order],
+        rows=rows,
+        legend=f"better / worse: the row's method is significantly better / worse than the "
+        f"column's ({spec.direction}; {CORRECTION}); n.s.: the interval contains 0.",
+    )
+
+
+def _tau_table(summary: Summary, ranked: list[MetricSpec]) -> Table:
+    header = ["Kendall τ-b [95% CI]", *(m.label for m in ranked)]
+    rows = []
+    for a in ranked:
+        row = [a.label]
+        for b in ranked:
+            iv = summary.metric_agreement.get((a.key, b.key))
+            iv = iv or summary.metric_agreement.get((b.key, a.key))
+            if a.key == b.key or iv is None:
+                row.append("—" if a.key == b.key else "n/a")
+            else:
+                row.append(f"{num(iv.mean, 2)} [{num(iv.low, 2)}, {num(iv.high, 2)}]")
+        rows.append(row)
+    return Table(header, rows, css="tau")
+
+
+def _overall(summary: Summary, ranked: list[MetricSpec]) -> Finding:
+    bests = {spec.key: summary.rankings[spec.key].best for spec in ranked}
+    winners = set(bests.values())
+    if len(winners) == 1 and None not in winners:
+        (best,) = winners
+        return Finding("robust", f"{label(best)} is significantly ahead of every other method on "
+                       f"every metric ({join([m.label for m in ranked])}).")  # fmt: skip
+    parts = [f"{m.label}: {label(bests[m.key]) if bests[m.key] else 'none'}" for m in ranked]
+    return Finding("no_winner", "No method is significantly ahead on every metric; the "
+                   f"significantly best method per metric is {'; '.join(parts)}.")  # fmt: skip
+
+
+def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
+    out = []
+    for x, y in itertools.combinations(s.methods, 2):
+        ahead: dict[str, list[str]] = {x: [], y: []}
+        for spec in ranked:
+            c = summary.rankings[spec.key].comparisons
+            if c is None or x not in c.methods or y not in c.methods:
+                continue
+            d = c.difference(x, y)
+            if d.significant:
+                ahead[x if (d.mean > 0) == spec.higher_is_better else y].append(spec.label)
+        if ahead[x] and ahead[y]:
+            out.append(Finding("depends", f"On these images the ranking of {label(x)} and "
+                               f"{label(y)} depends on the metric: {label(x)} is ahead on "
+                               f"{join(ahead[x])}, {label(y)} on {join(ahead[y])}."))  # fmt: skip
+    return out
+
+
+def _tau_summary(summary: Summary, ranked: list[MetricSpec]) -> Finding | None:
+    taus = [iv for iv in summary.metric_agreement.values() if math.isfinite(iv.mean)]
+    if not taus:
+        return None
+    means = np.array([iv.mean for iv in taus])
+    above = sum(iv.low > 0 for iv in taus if math.isfinite(iv.low))
+    below = sum(iv.high < 0 for iv in taus if math.isfinite(iv.high))
+    text = (f"Kendall τ-b between two metrics' orders of the methods: from {num(means.min(), 2)} "
+            f"to {num(means.max(), 2)} (median {num(float(np.median(means)), 2)}) over "
+            f"{len(taus)} pairs of metrics; {above} with an interval above 0 (the orders agree "
+            f"beyond chance), {below} below 0 (reversed), {len(taus) - above - below} "
+            "undecided.")  # fmt: skip
+    if not all(iv.meaningful for iv in taus):
+        text += f" With fewer than {summary.min_n} images these intervals are not meaningful."
+    return Finding("tau", text)
+
+
+def robustness(s: Scalars, summary: Summary) -> list[Paragraph | Table]:
+    """How much the ranking of the methods depends on the metric (every ranked metric).
+
+    One verdict over all metrics (a method called ahead everywhere only when it is significantly
+    best on each), a sentence for every two methods that two metrics order significantly
+    oppositely, and the Kendall τ-b table. Variants of a metric declared in `METRICS` (other
+    settings) count as metrics here.
+    """
+    ranked = summary.ranked
+    if len(ranked) < 2 or len(s.methods) < 2:
+        return [Paragraph("Needs two or more methods ranked by two or more metrics.")]
+    findings = [_overall(summary, ranked), *_depends(s, summary, ranked)]
+    if len(findings) == 1:
+        findings.append(Finding("consistent", "No two metrics order any two methods "
+                                "significantly oppositely."))  # fmt: skip
+    tau = _tau_summary(summary, ranked)
+    findings += [tau] if tau else []
+    text = f"Across {len(ranked)} metrics and {len(s.methods)} methods:"
+    return [Paragraph(text, findings=findings), _tau_table(summary, ranked)]
 
 
 def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
@@ -135,11 +251,11 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
     for m in s.methods:
         v = summary.sanity.get(m)
         if v is None:
-            lines.append(f"- {label(m)}: not run.")
+            lines.append(f"{label(m)}: not run.")
             continue
         step, block = summary.sanity_steps[m]
         text = (
-            f"- {label(m)}: after randomising {step} blocks down to {block}, mean |Spearman| = "
+            f"{label(m)}: after randomising {step} blocks down to {block}, mean |Spearman| = "
             f"{num(v.mean_abs, 2)} over the {v.n - v.n_empty} non-empty randomised maps of {v.n} "
             f"images (threshold {t.sanity_threshold})"
         )
@@ -157,36 +273,30 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
     return lines
 
 
-def summary_rows(s: Scalars, summary: Summary) -> tuple[list[str], list[list[str]]]:
-    """The summary for reading: one row per method, "mean [CI]" cells."""
-    header = ["Method", "n"]
-    header += [f"{m.label}{f' ({m.unit})' if m.unit else ''}, {m.direction}" for m in METRICS]
+def summary_table(s: Scalars, summary: Summary) -> Table:
+    """The summary for reading: one row per method, "mean [CI]" per measured metric."""
+    shown = summary.measured or list(METRICS)
+    header = ["Method", "n", *(f"{m.heading}, {m.direction}" for m in shown)]
     header += ["Empty maps", "Sanity check"]
     rows = []
     for m in s.methods:
         n = summary.n[m]
         row = [label(m), str(n)]
-        for spec in METRICS:
+        for spec in shown:
             row.append(interval_text(spec, summary.intervals[m][spec.key], summary.min_n))
         share = 100 * summary.empty[m] / n if n else math.nan
         row.append(f"{summary.empty[m]} ({num(share, 1)}%)")
         v = summary.sanity.get(m)
         row.append("not run" if v is None else f"{v.describe()} (|ρ| {num(v.mean_abs, 2)})")
         rows.append(row)
-    return header, rows
+    return Table(header, rows)
 
 
 def definitions(steps: int | None, t: Thresholds) -> list[str]:
-    """Metric definitions and thresholds (each number the analysis uses)."""
+    """Metric definitions (declared with each metric) and every threshold the analysis uses."""
+    metrics = [m.definition.replace("{steps}", str(steps or "?")) for m in METRICS if m.definition]
     return [
-        "Average Drop % = 100 × mean of max(0, Y − O) / Y and Increase in Confidence % = 100 × "
-        "share of images with O > Y, where Y is the target-class probability of the image and O "
-        "that of the image multiplied by the map (Chattopadhyay et al., WACV 2018, "
-        "arXiv:1710.11063).",
-        "Deletion / Insertion AUC: probability while the most salient pixels are replaced by "
-        "the dataset mean / restored into a blurred copy, "
-        f"{steps if steps else '?'} steps, trapezoid area on [0, 1] (Petsiuk et al., BMVC 2018, "
-        "arXiv:1806.07421).",
+        *metrics,
         f"Agreement: Pearson r ≥ {t.strong_agreement} is strong, ≤ {t.weak_agreement} weak; "
         "top-20% IoU compares the 20% most salient pixels of two maps.",
         f"Spread: a map's share of pixels above 0.5 is ≥ {t.spread_factor}× and at least "
@@ -215,21 +325,23 @@ def _pair(s: Scalars, a: str, b: str, key: str, i: int) -> float:
     return math.nan if v is None else float(v[i])
 
 
-def _prediction(img: dict) -> list[str]:
-    out = [f"The model predicts {img['top1_name']} (p = {num(img['top1_prob'], 3)})"]
+def _prediction(img: dict) -> list[Finding]:
+    text = f"The model predicts {img['top1_name']} (p = {num(img['top1_prob'], 3)})"
     truth = img.get("truth_index")
     if truth is None:
-        out[0] += "; the ground truth is unknown."
+        text += "; the ground truth is unknown."
     elif truth == img["top1_index"]:
-        out[0] += ", which is correct."
+        text += ", which is correct."
     else:
-        out[0] += f", which is wrong (truth: class index {truth})."
+        text += f", which is wrong (truth: class index {truth})."
+    out = [Finding("prediction", text)]
     if img["target_index"] != img["top1_index"]:
-        out.append(f"The maps explain class {img['target_name']}, not the top-1 prediction.")
+        out.append(Finding("target", f"The maps explain class {img['target_name']}, not the "
+                           "top-1 prediction."))  # fmt: skip
     return out
 
 
-def _shape_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[str]:
+def _shape_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[Finding]:
     """Spread maps and maps off the region the others share (see `Thresholds`)."""
     out = []
     share = {m: float(s.values[m]["share_above_half"][i]) for m in live}
@@ -237,10 +349,10 @@ def _shape_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[
         others = [share[o] for o in live if o != m]
         top = max(others, default=math.nan)
         if others and share[m] >= t.spread_factor * top and share[m] - top >= t.spread_min_excess:
-            out.append(
+            out.append(Finding("spread",
                 f"The map of {label(m)} is spread: {num(100 * share[m], 0)}% of its pixels are "
                 f"above 0.5, against at most {num(100 * top, 0)}% for the others."
-            )
+            ))  # fmt: skip
     for m in live:
         others = [o for o in live if o != m]
         if len(others) < 2:
@@ -248,15 +360,15 @@ def _shape_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[
         own = [_pair(s, m, o, "top20_iou", i) for o in others]
         shared = [_pair(s, a, b, "top20_iou", i) for a, b in itertools.combinations(others, 2)]
         if max(own) < t.off_region_iou and min(shared) >= t.shared_region_iou:
-            out.append(
+            out.append(Finding("off_region",
                 f"The top-20% region of {label(m)} is off the region the others share: its IoU "
                 f"with them is at most {num(max(own), 2)}, while they reach at least "
                 f"{num(min(shared), 2)} with each other."
-            )
+            ))  # fmt: skip
     return out
 
 
-def _faithful_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[str]:
+def _faithful_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> list[Finding]:
     out = []
     for key, word, pick in (
         ("deletion_auc", "deletion (lowest AUC)", np.argmin),
@@ -268,13 +380,14 @@ def _faithful_findings(s: Scalars, i: int, live: list[str], t: Thresholds) -> li
         best = int(pick(vals))
         margin = np.abs(np.delete(vals, best) - vals[best]).min()
         if margin >= t.auc_margin:
-            out.append(f"Most faithful by {word}: {label(live[best])} ({num(vals[best], 3)}).")
+            text = f"Most faithful by {word}: {label(live[best])} ({num(vals[best], 3)})."
         else:
-            out.append(f"By {word} no map is clearly most faithful (within {t.auc_margin}).")
+            text = f"By {word} no map is clearly most faithful (within {t.auc_margin})."
+        out.append(Finding("faithful", text))
     return out
 
 
-def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
+def image_findings(s: Scalars, i: int, t: Thresholds) -> list[Finding]:
     """Sentences about image ``i``.
 
     Prediction, empty maps, agreement, spread and off-region maps, most faithful map. Empty
@@ -284,16 +397,14 @@ def image_findings(s: Scalars, i: int, t: Thresholds) -> list[str]:
     present = [m for m in s.methods if s.rows[m][i] >= 0]
     empty = [m for m in present if s.values[m]["empty"][i] > 0]
     if empty:
-        out.append(
-            f"Empty map (no spatial variation), left out of the comparisons: "
-            f"{join([label(m) for m in empty])}."
-        )
+        out.append(Finding("empty", "Empty map (no spatial variation), left out of the "
+                           f"comparisons: {join([label(m) for m in empty])}."))  # fmt: skip
     live = [m for m in present if m not in empty]
     for a, b in itertools.combinations(live, 2):
         r, iou = _pair(s, a, b, "pearson", i), _pair(s, a, b, "top20_iou", i)
         if math.isfinite(r):
-            out.append(
+            out.append(Finding("agreement",
                 f"{label(a)} and {label(b)} {_agreement_word(r, t)} (Pearson r = {num(r, 2)}, "
                 f"top-20% IoU = {num(iou, 2)})."
-            )
+            ))  # fmt: skip
     return out + _shape_findings(s, i, live, t) + _faithful_findings(s, i, live, t)
