@@ -16,6 +16,7 @@ from camscope.methods import (
     KPCA_CAM,
     METHODS,
     RISE,
+    SESS,
     SSCAM,
     AblationCAM,
     BaseCAM,
@@ -38,6 +39,7 @@ from camscope.methods import (
     LayerCAM,
     RandomCAM,
     RawScoresOutputTarget,
+    RefineCAM,
     ScoreCAM,
     SegEigenCAM,
     SemanticSegmentationTarget,
@@ -49,6 +51,8 @@ from camscope.methods import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "SESS",
+    "RefineCAM",
     "GuidedBackprop",
     "GuidedBackpropReLUModel",
     "GuidedGradCAM",

@@ -1,7 +1,8 @@
 """Class activation map methods, one class each, over a shared `BaseCAM`.
 
 Families: `camscope.methods.gradient`, `camscope.methods.eigen`,
-`camscope.methods.activation`, `camscope.methods.guided`, `camscope.methods.perturbation`.
+`camscope.methods.activation`, `camscope.methods.guided`, `camscope.methods.perturbation`,
+`camscope.methods.meta`.
 Each method registers itself in `METHODS` (`camscope.methods.registry`), which the CLI, run
 metadata and report read.
 
@@ -34,6 +35,7 @@ from camscope.methods.gradient import (
     XGradCAM,
 )
 from camscope.methods.guided import GuidedBackprop, GuidedBackpropReLUModel, GuidedGradCAM
+from camscope.methods.meta import SESS, RefineCAM
 from camscope.methods.perturbation import ISCAM, RISE, SSCAM, AblationCAM, RandomCAM, ScoreCAM
 from camscope.methods.registry import (
     METHODS,
@@ -56,6 +58,8 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "SESS",
+    "RefineCAM",
     "GuidedBackprop",
     "GuidedBackpropReLUModel",
     "GuidedGradCAM",
