@@ -10,6 +10,7 @@ Public API (pytorch-grad-cam's class and target names: switching is an import li
 """
 
 from camscope._version import __version__
+from camscope.activations_and_gradients import ActivationsAndGradients
 from camscope.methods import (
     FEM,
     ISCAM,
@@ -22,10 +23,12 @@ from camscope.methods import (
     BaseCAM,
     BinaryClassifierOutputTarget,
     CAMResult,
+    ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
     EigenCAM,
     EigenGradCAM,
+    FasterRCNNBoxScoreTarget,
     FinerCAM,
     FinerWeightedTarget,
     FullGrad,
@@ -45,8 +48,14 @@ from camscope.methods import (
     SemanticSegmentationTarget,
     ShapleyCAM,
     SmoothGradCAMPlusPlus,
+    SoftmaxOutputTarget,
     XGradCAM,
     get_method,
+)
+from camscope.methods.ablation_layers import (
+    AblationLayer,
+    AblationLayerFasterRCNN,
+    AblationLayerVit,
 )
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
@@ -66,13 +75,19 @@ __all__ = [
     "RISE",
     "SSCAM",
     "AblationCAM",
+    "AblationLayer",
+    "AblationLayerFasterRCNN",
+    "AblationLayerVit",
+    "ActivationsAndGradients",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
     "CAMResult",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "EigenCAM",
     "EigenGradCAM",
+    "FasterRCNNBoxScoreTarget",
     "FinerWeightedTarget",
     "FullGrad",
     "GradCAM",
@@ -87,6 +102,7 @@ __all__ = [
     "ScoreCAM",
     "SemanticSegmentationTarget",
     "SmoothGradCAMPlusPlus",
+    "SoftmaxOutputTarget",
     "XGradCAM",
     "__version__",
     "explain",
@@ -98,9 +114,13 @@ __all__ = [
 
 
 def __getattr__(name: str):  # lazy: the run stages pull in pyarrow/matplotlib only when used
-    """``explain`` and ``RunResult`` load the run stages on first use."""
+    """``explain``/``RunResult`` (the run stages) and ``utils`` load on first use."""
     if name in ("explain", "RunResult"):
         from camscope import run
 
         return getattr(run, name)
+    if name == "utils":
+        import importlib
+
+        return importlib.import_module("camscope.utils")
     raise AttributeError(f"module 'camscope' has no attribute {name!r}")

@@ -457,7 +457,7 @@ def _gradcam_reference_inplace(model, x, targets):
 def test_ablationcam_matches_brute_force_on_tiny_model(tiny_model, tiny_inputs, layer):
     targets = [1, 4, 0]
     ref_w, acts, _ = ablation_reference(tiny_model, layer, tiny_inputs, targets)
-    with AblationCAM(tiny_model, layer, chunk_size=5) as cam:
+    with AblationCAM(tiny_model, layer, chunk_size=5, ablation_value="zero") as cam:
         result = cam.explain(tiny_inputs, targets)
     assert (result.weights.double() - ref_w).abs().max() <= TOL
     assert (result.maps - ref_maps(ref_w, acts, (16, 16))).abs().max() <= TOL
@@ -466,7 +466,8 @@ def test_ablationcam_matches_brute_force_on_tiny_model(tiny_model, tiny_inputs, 
 
 def test_ablationcam_chunk_size_does_not_change_result(tiny_model, tiny_inputs):
     results = [
-        AblationCAM(tiny_model, "conv3", chunk_size=c).explain(tiny_inputs) for c in (1, 7, None)
+        AblationCAM(tiny_model, "conv3", chunk_size=c, ablation_value="zero").explain(tiny_inputs)
+        for c in (1, 7, None)
     ]
     for other in results[1:]:
         assert (other.weights - results[0].weights).abs().max() <= 1e-6
@@ -481,7 +482,7 @@ def _check_ablation(model, layer, x, channels, *, full, expect_cached=None):
     subset (SubsetRunner).
     """
     ref_w, acts, targets = ablation_reference(model, layer, x, None, channels)
-    with AblationCAM(model, layer) as cam:
+    with AblationCAM(model, layer, ablation_value="zero") as cam:
         runner = cam.runner
         assert runner.exact_split, runner.note
         if expect_cached is not None:
@@ -604,7 +605,9 @@ def test_scorecam_all_constant_layer_gives_empty_maps_without_nan(constant_model
 def test_scorecam_matches_loop_reference_on_resnet18(resnet18, x64):
     x = x64[:1]
     expected, ref_w = scorecam_reference(resnet18, "layer4.1", x, [7], max_channels=6)
-    result = ScoreCAM(resnet18, "layer4[-1]", max_channels=6, chunk_size=4).explain(x, 7)
+    result = ScoreCAM(
+        resnet18, "layer4[-1]", variant="reference", max_channels=6, chunk_size=4
+    ).explain(x, 7)
     assert (result.weights.double() - ref_w).abs().max() <= TOL
     assert (result.maps - expected).abs().max() <= TOL
     assert int((result.weights != 0).sum()) == 6
@@ -782,10 +785,15 @@ def test_layer_without_feature_map_is_rejected(tiny_model, tiny_inputs):
         GradCAM(tiny_model, "fc1").explain(tiny_inputs)
 
 
-def test_training_mode_warns(tiny_model):
+def test_training_mode_model_is_explained_in_eval_mode_and_restored(tiny_model, tiny_inputs):
+    expected = GradCAM(tiny_model, "act2")(tiny_inputs, [1, 2, 3])
     tiny_model.train()
-    with pytest.warns(UserWarning, match="training mode"):
-        GradCAM(tiny_model, "act2")
+    try:
+        maps = GradCAM(tiny_model, "act2")(tiny_inputs, [1, 2, 3])
+        assert all(m.training for m in tiny_model.modules())
+    finally:
+        tiny_model.eval()
+    assert torch.equal(maps, expected)
 
 
 def test_layer_given_as_module_and_methods_registry(tiny_model, tiny_inputs):

@@ -32,8 +32,8 @@ Example::
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,12 +42,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from camscope.methods.reshape import SpatialView, spatial_view
-from camscope.methods.targets import Targets, TargetSet, output_adapter, resolve_targets
+from camscope.methods.targets import (
+    ClassifierOutputTarget,
+    Targets,
+    TargetSet,
+    output_adapter,
+    resolve_targets,
+)
 from camscope.models import LayerError, check_layer, default_layer, resolve_layer
 from camscope.spatial import LayoutError, detect_layout
 from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
-__all__ = ["BaseCAM", "CAMContext", "CAMResult", "first_component", "normalise_maps"]
+__all__ = [
+    "EIGEN_SIGNS",
+    "BaseCAM",
+    "CAMContext",
+    "CAMResult",
+    "eval_mode",
+    "first_component",
+    "normalise_maps",
+]
 
 log = logging.getLogger("camscope")
 
@@ -55,6 +69,10 @@ Layers = str | nn.Module | Sequence[str | nn.Module] | None
 
 CPU_CHUNK_BYTES = 1 << 30
 AUGMENTATIONS = ((False, 0.9), (False, 1.0), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
+#: How `first_component` orients a principal component: pytorch-grad-cam's (the sign the SVD
+#: solver returns, float32 NumPy/LAPACK as its ``get_2d_projection``) or camscope's (positive
+#: correlation with the channel mean).
+EIGEN_SIGNS = ("pytorch-grad-cam", "mean")
 
 
 @dataclass
@@ -103,22 +121,68 @@ def _minmax(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, ~keep.flatten()
 
 
-def first_component(x: torch.Tensor) -> torch.Tensor:
+def first_component(x: torch.Tensor, sign: str = "mean") -> torch.Tensor:
     """(N, C, h, w) -> (N, h, w): projection on the first principal component over channels.
 
     As pytorch-grad-cam's ``get_2d_projection``: the h*w positions are samples of C features,
-    centred, and projected on the first right singular vector. The sign of a singular vector
-    is arbitrary; camscope fixes it so that the projection correlates positively (Pearson)
-    with the channel mean of ``x`` (pytorch-grad-cam keeps the solver's sign).
+    centred, and projected on the first right singular vector. A singular vector's sign is
+    arbitrary. ``sign="mean"`` (camscope's choice) orients the projection so that it correlates
+    positively (Pearson) with the channel mean of ``x``, in float64.
+    ``sign="pytorch-grad-cam"`` keeps the sign the solver returns, computed exactly as
+    pytorch-grad-cam does (float32, NumPy's LAPACK SVD with full matrices), so the map is
+    pytorch-grad-cam's (computed on the CPU, returned on ``x``'s device, float32).
+
+    Args:
+        x: (N, C, h, w) tensor; NaN counts as 0.
+        sign: one of `EIGEN_SIGNS`.
     """
+    if sign not in EIGEN_SIGNS:
+        raise ValueError(f"unknown eigen sign '{sign}' ({', '.join(EIGEN_SIGNS)})")
+    if sign == "pytorch-grad-cam":
+        return _solver_component(x)
     flat = torch.nan_to_num(x.double()).flatten(2).transpose(1, 2)  # (N, hw, C)
     flat = flat - flat.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(flat, full_matrices=False)
     projection = (flat @ vh[:, 0, :, None])[..., 0]  # (N, hw)
     reference = x.double().mean(dim=1).flatten(1)
     reference = reference - reference.mean(dim=1, keepdim=True)
-    sign = torch.where((projection * reference).sum(dim=1) < 0, -1.0, 1.0).to(projection)
-    return (projection * sign[:, None]).reshape(x.shape[0], *x.shape[2:])
+    sign_ = torch.where((projection * reference).sum(dim=1) < 0, -1.0, 1.0).to(projection)
+    return (projection * sign_[:, None]).reshape(x.shape[0], *x.shape[2:])
+
+
+def _solver_component(x: torch.Tensor) -> torch.Tensor:
+    """`first_component` with the solver's sign, computed as pytorch-grad-cam computes it."""
+    import numpy as np
+
+    batch = np.nan_to_num(x.detach().float().cpu().numpy(), nan=0.0)
+    out = np.empty((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
+    for n, activations in enumerate(batch):
+        flat = activations.reshape(activations.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(flat, full_matrices=True)
+        out[n] = (flat @ vt[0, :]).reshape(activations.shape[1:])
+    return torch.from_numpy(out).to(x.device)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with every module of ``model`` in eval mode, then restore each one's mode.
+
+    A CAM explains the model as it predicts: BatchNorm reads its running statistics (never
+    updates them) and dropout is off, whatever mode the caller left the model in (as
+    pytorch-grad-cam, which calls ``model.eval()``); unlike pytorch-grad-cam, the caller's mode
+    (module by module) is restored afterwards, also when the block raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in modes):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def default_chunk(device: torch.device, bytes_per_item: int) -> int:
@@ -168,31 +232,58 @@ class BaseCAM:
     """Shared machinery: layers, split runner, views, targets, combination, smoothing, cleanup.
 
     Subclasses implement `weights` (and, for methods that are not a weighted sum of a layer's
-    channels, `layer_map`).
+    channels, `layer_map`). A subclass written for pytorch-grad-cam's ``BaseCAM`` may implement
+    ``get_cam_weights(input_tensor, target_layer, targets, activations, grads)`` instead
+    (NumPy activations and gradients in, (N, C) weights out).
+
+    The model is explained in eval mode (BatchNorm reads its running statistics, never updates
+    them; dropout off) and each module's train/eval mode is restored after every call
+    (`eval_mode`); pytorch-grad-cam calls ``model.eval()`` once and leaves it so.
 
     Args:
-        model: a classifier in eval mode mapping (N, 3, H, W) to its outputs.
+        model: a classifier mapping (N, 3, H, W) to its outputs.
         target_layers: a layer path (``"layer4[-1]"``), a module, or a list of them; None:
             the model's default layer (`camscope.models.default_layer`; Hugging Face models
             by `camscope.adapters.hf.hf_default_layer`).
         reshape_transform: callable from the layer's output to (N, C, h, w) (pytorch-grad-cam's
             argument), for layers whose output is not a channels-first map.
+        compute_input_gradient: pytorch-grad-cam's argument, kept as an attribute (None: the
+            method's own value); camscope computes the gradients a method needs by itself.
+        uses_gradients: likewise (None: the method's own value).
+        tta_transforms: a ``ttach.Compose`` for ``aug_smooth`` (None: flips x {0.9, 1, 1.1}).
+        detach: pytorch-grad-cam's argument, kept as an attribute.
         output: which part of the model's output the targets read (`output_adapter`).
+        eigen_sign: how ``eigen_smooth`` (and the eigen methods) orient the principal
+            component: ``"pytorch-grad-cam"`` (default, its solver's sign) or ``"mean"``
+            (camscope's, the registry's choice), see `first_component`.
+
+    Attributes:
+        outputs: the model outputs of the last call's unmodified inputs (pytorch-grad-cam's
+            ``cam.outputs``), through the output adapter.
+        batch_size: pytorch-grad-cam's attribute; the perturbation methods read it.
     """
 
     name = "base"
     uses_split = True  # re-runs the network after the layer (gradients, ablations)
     needs_layer = True
     always_eigen = False  # the map is always the first principal component (EigenCAM)
+    uses_gradients = True  # pytorch-grad-cam's attribute: the method reads gradients
+    compute_input_gradient = False  # pytorch-grad-cam's attribute (FullGrad: True)
 
     def __init__(
         self,
         model: nn.Module,
         target_layers: Layers = None,
         reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        compute_input_gradient: bool | None = None,
+        uses_gradients: bool | None = None,
+        tta_transforms: Any = None,
+        detach: bool = True,
         *,
         output: str | int | Callable[[Any], torch.Tensor] | None = None,
+        eigen_sign: str = "pytorch-grad-cam",
     ) -> None:
+        self._runners: list[FeatureRunner | None] = []  # first: __del__ must find it
         self.model = model
         self.layers: list[str] = []
         self.modules: list[nn.Module] = []
@@ -204,16 +295,22 @@ class BaseCAM:
             self.modules.append(module)
         if self.needs_layer and not self.layers:
             raise LayerError(f"{type(self).__name__} needs at least one target layer")
+        if eigen_sign not in EIGEN_SIGNS:
+            raise ValueError(f"unknown eigen_sign '{eigen_sign}' ({', '.join(EIGEN_SIGNS)})")
         self.layer = self.layers[0] if self.layers else None
         self.module = self.modules[0] if self.modules else None
+        self.target_layers = list(self.modules)
         self.reshape_transform = reshape_transform
         self.adapt = output_adapter(output)
-        if model.training:
-            warnings.warn(
-                "the model is in training mode; CAMs are meant for eval mode (model.eval())",
-                stacklevel=2,
-            )
-        self._runners: list[FeatureRunner | None] = [None] * len(self.layers)
+        self.eigen_sign = eigen_sign
+        if compute_input_gradient is not None:
+            self.compute_input_gradient = bool(compute_input_gradient)
+        if uses_gradients is not None:
+            self.uses_gradients = bool(uses_gradients)
+        self.tta_transforms = tta_transforms
+        self.detach = detach
+        self.outputs: torch.Tensor | None = None
+        self._runners = [None] * len(self.layers)
         self._layouts: dict[tuple[int, tuple[int, int]], Any] = {}
         self.notes: list[str] = []
 
@@ -223,6 +320,11 @@ class BaseCAM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        """Release what `close` releases; never raises (also after a failed ``__init__``)."""
+        with suppress(Exception):  # a finaliser must not raise
+            self.close()
 
     def close(self) -> None:
         """Release the split graphs. Hooks never outlive a call, so there is nothing else."""
@@ -299,23 +401,43 @@ class BaseCAM:
                 activations instead of their sum (pytorch-grad-cam's meaning).
         """
         inputs = _checked_inputs(input_tensor)
+        with eval_mode(self.model):
+            result = self._explain(inputs, targets, aug_smooth, eigen_smooth)
+        self.outputs = result.logits
+        return result
+
+    def _explain(
+        self, inputs: torch.Tensor, targets: Targets, aug_smooth: bool, eigen_smooth: bool
+    ) -> CAMResult:
         result, target_set = self._explain_once(inputs, targets, eigen_smooth)
         if not aug_smooth:
             return result
-        total = torch.zeros_like(result.maps)
-        for flip, factor in AUGMENTATIONS:
-            if not flip and factor == 1.0:
-                total += result.maps
-                continue
-            x = (inputs.flip(-1) if flip else inputs) * factor
-            maps = self._explain_once(x, target_set, eigen_smooth)[0].maps
-            total += maps.flip(-1) if flip else maps
-        maps = total / len(AUGMENTATIONS)
+        if self.tta_transforms is not None:
+            maps = self._tta_maps(inputs, target_set, eigen_smooth)
+        else:
+            total = torch.zeros_like(result.maps)
+            for flip, factor in AUGMENTATIONS:
+                if not flip and factor == 1.0:
+                    total += result.maps
+                    continue
+                x = (inputs.flip(-1) if flip else inputs) * factor
+                maps = self._explain_once(x, target_set, eigen_smooth)[0].maps
+                total += maps.flip(-1) if flip else maps
+            maps = total / len(AUGMENTATIONS)
         flat = maps.flatten(1)
         result.empty = flat.amax(dim=1) <= flat.amin(dim=1)
         result.maps = torch.where(result.empty[:, None, None], 0.0, maps)
         result.info["augmentations"] = float(len(AUGMENTATIONS))
         return result
+
+    def _tta_maps(self, inputs: torch.Tensor, targets: TargetSet, eigen: bool) -> torch.Tensor:
+        """The mean map over a user's ``ttach`` transforms (pytorch-grad-cam's tta_transforms)."""
+        maps = []
+        for transform in self.tta_transforms:
+            x = transform.augment_image(inputs)
+            one = self._explain_once(x, targets, eigen)[0].maps[:, None]
+            maps.append(transform.deaugment_mask(one)[:, 0])
+        return torch.stack(maps).mean(dim=0)
 
     def _explain_once(
         self, inputs: torch.Tensor, targets: Targets | TargetSet, eigen_smooth: bool
@@ -415,7 +537,10 @@ class BaseCAM:
         with torch.no_grad():
             if eigen:
                 w = weights[:, :, None, None] if weights.dim() == 2 else weights
-                raw = first_component(w.double() * acts.double())
+                if self.eigen_sign == "mean":
+                    raw = first_component(w.double() * acts.double())
+                else:  # as pytorch-grad-cam: float32 weighted activations, solver's sign
+                    raw = first_component(w.float() * acts.float(), self.eigen_sign).to(acts)
             elif weights.dim() == 2:
                 # float64 sum: the weighted channels often cancel, float32 rounding would show
                 raw = torch.einsum("nc,nchw->nhw", weights.double(), acts.double())
@@ -424,8 +549,22 @@ class BaseCAM:
         return F.relu(raw), weights
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:
-        """Weights (N, C) per channel or (N, C, h, w) per element, for ``ctx.activations``."""
-        raise NotImplementedError
+        """Weights (N, C) per channel or (N, C, h, w) per element, for ``ctx.activations``.
+
+        The base calls a pytorch-grad-cam-style ``get_cam_weights`` if the subclass has one.
+        """
+        get_cam_weights = getattr(self, "get_cam_weights", None)
+        if get_cam_weights is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement weights(ctx)")
+        assert ctx.activations is not None and ctx.layer is not None
+        grads = self.gradients(ctx).cpu().numpy() if self.uses_gradients else None
+        targets = ctx.targets.functions or [
+            ClassifierOutputTarget(int(i)) for i in ctx.targets.indices
+        ]
+        module = self.modules[self.layers.index(ctx.layer)]
+        acts = ctx.activations.cpu().numpy()
+        weights = get_cam_weights(ctx.inputs, module, list(targets), acts, grads)
+        return torch.as_tensor(weights).to(ctx.activations)
 
 
 def _default_target(model: nn.Module, method: str) -> str:

@@ -1,9 +1,11 @@
 """Eigen CAMs: the first principal component of a layer's (weighted) activations.
 
-Sign convention: a singular vector's sign is arbitrary. camscope orients the projection so
-that it correlates positively with the channel mean of the projected tensor (the mean
-activation map, for EigenCAM); pytorch-grad-cam keeps whatever sign the SVD solver returns,
-so its map can be the negative of camscope's (compare with |r|). See `first_component`.
+Sign convention: a singular vector's sign is arbitrary. pytorch-grad-cam keeps whatever sign
+its SVD solver returns; camscope's own choice (``eigen_sign="mean"``, the registry's and the
+CLI's default: ``--eigen-sign``) orients the projection so that it correlates positively with
+the channel mean of the projected tensor (the mean activation map, for EigenCAM). The classes
+default to ``eigen_sign="pytorch-grad-cam"``, so code written for pytorch-grad-cam gets its
+maps. See `camscope.methods.base.first_component`.
 Seg-Eigen-CAM and KPCA-CAM orient their projection by the rule of Seg-Eigen-CAM's Eq. 13 (the
 value of largest magnitude is positive), which is also scikit-learn's ``svd_flip`` rule that
 pytorch-grad-cam's KPCA-CAM inherits: both give pytorch-grad-cam's maps.
@@ -16,10 +18,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from camscope.methods.base import BaseCAM, CAMContext, first_component
+from camscope.methods.base import EIGEN_SIGNS, BaseCAM, CAMContext, first_component
 from camscope.methods.registry import OptionSpec, register
 
-__all__ = ["KPCA_CAM", "EigenCAM", "EigenGradCAM", "SegEigenCAM", "kernel_projection"]
+__all__ = [
+    "EIGEN_SIGN",
+    "KPCA_CAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "SegEigenCAM",
+    "kernel_projection",
+    "largest_magnitude_positive",
+]
+
+EIGEN_SIGN = OptionSpec(
+    "eigen_sign", "--eigen-sign", EIGEN_SIGNS, "mean",
+    "Orientation of the principal component: mean (positive correlation with the mean "
+    "activation map) or pytorch-grad-cam (its SVD solver's sign).",
+)  # fmt: skip
 
 
 @register(
@@ -28,6 +44,7 @@ __all__ = ["KPCA_CAM", "EigenCAM", "EigenGradCAM", "SegEigenCAM", "kernel_projec
     family="eigen",
     paper="Muhammad & Yeasin, IJCNN 2020, https://arxiv.org/abs/2008.00299",
     cost="1 forward + 1 SVD per image (no gradients, class-agnostic)",
+    options=(EIGEN_SIGN,),
     aliases=("eigen-cam",),
 )
 class EigenCAM(BaseCAM):
@@ -50,6 +67,7 @@ class EigenCAM(BaseCAM):
     """
 
     always_eigen = True
+    uses_gradients = False
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         assert ctx.activations is not None
@@ -64,6 +82,7 @@ class EigenCAM(BaseCAM):
     paper="pytorch-grad-cam's EigenCAM (Muhammad & Yeasin, IJCNN 2020, "
     "https://arxiv.org/abs/2008.00299) of gradient x activation",
     cost="1 forward + 1 backward through the tail + 1 SVD per image",
+    options=(EIGEN_SIGN,),
     aliases=("eigengrad-cam", "eigen-grad-cam"),
 )
 class EigenGradCAM(BaseCAM):

@@ -364,6 +364,7 @@ class FullGrad(BaseCAM):
     """
 
     needs_layer = False
+    compute_input_gradient = True
     eps = 1e-7
 
     def __init__(

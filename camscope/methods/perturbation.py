@@ -82,11 +82,18 @@ class AblationCAM(BaseCAM):
         w_k^c = \frac{y^c - y^c_k}{y^c}, \qquad L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big)
 
     with :math:`y^c` the target score and :math:`y^c_k` the score with channel k of A ablated.
-    ``ablation_value="zero"`` (the paper's) sets the channel to 0. ``"pytorch-grad-cam"``
-    reproduces pytorch-grad-cam 1.5: when the image's activations have a minimum m that is not
-    0, its ablation layer writes ``min(batch) - 1e7`` row after row of a batch of 32 ablations,
-    so the j-th channel of each batch of 32 gets m - (j+1) * 1e7; with m = 0 it writes 0. The
-    two differ where activations can be negative (MobileNetV3 ``features[-1]``, say).
+    ``ablation_value="zero"`` (the paper's; the registry's and the CLI's default) sets the
+    channel to 0. ``"pytorch-grad-cam"`` (this class's default, as pytorch-grad-cam 1.5):
+    when the image's activations have a minimum m that is not 0, its ablation layer writes
+    ``min(batch) - 1e7`` row after row of a batch of ``batch_size`` ablations, so the j-th
+    channel of each batch gets m - (j+1) * 1e7; with m = 0 it writes 0. The two differ where
+    activations can be negative (MobileNetV3 ``features[-1]``, say).
+
+    ``ablation_layer`` (pytorch-grad-cam's `AblationLayer`, `AblationLayerVit`,
+    `AblationLayerFasterRCNN` or a subclass) ablates the layer's own output (a ViT's class
+    token included) through pytorch-grad-cam's protocol (`camscope.methods.ablation_layers`);
+    ``ratio_channels_to_ablate`` below 1 uses that protocol too (pytorch-grad-cam's
+    experiment: skipped channels get weight 0).
 
     A is computed once; only the network after the layer is re-run, on chunks of ablated
     activations (``chunk_size``; None: from the device's memory, on the CPU at most
@@ -100,21 +107,34 @@ class AblationCAM(BaseCAM):
         torch.Size([1, 64, 64])
     """
 
+    uses_gradients = False
+
     def __init__(
         self,
         model: nn.Module,
         target_layers: Any = None,
         reshape_transform: Any = None,
+        ablation_layer: Any = None,
+        batch_size: int = PGC_ABLATION_BATCH,
+        ratio_channels_to_ablate: float = 1.0,
         *,
         chunk_size: int | None = None,
-        ablation_value: Literal["zero", "pytorch-grad-cam"] = "zero",
+        ablation_value: Literal["zero", "pytorch-grad-cam"] = "pytorch-grad-cam",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         if ablation_value not in ("zero", "pytorch-grad-cam"):
             raise ValueError(f"unknown ablation_value '{ablation_value}' (zero, pytorch-grad-cam)")
+        if not 0 < ratio_channels_to_ablate <= 1:
+            raise ValueError("ratio_channels_to_ablate must be in (0, 1]")
+        pgc_protocol = ablation_layer is not None or ratio_channels_to_ablate < 1
+        if ablation_value == "zero" and pgc_protocol:
+            raise ValueError("ablation_value='zero' ablates all channels without ablation_layer")
         self.chunk_size = chunk_size
         self.ablation_value = ablation_value
+        self.ablation_layer = ablation_layer
+        self.batch_size = batch_size
+        self.ratio_channels_to_ablate = ratio_channels_to_ablate
 
     def _values(self, acts: torch.Tensor) -> torch.Tensor:
         """(C,) the value each channel of one image's (C, h, w) map is ablated with."""
@@ -123,13 +143,15 @@ class AblationCAM(BaseCAM):
         if self.ablation_value == "zero" or bool(low == 0):
             return torch.zeros(channels, dtype=acts.dtype, device=acts.device)
         steps, value = [], low
-        for _ in range(PGC_ABLATION_BATCH):  # in the activations' dtype, as pgc rounds
+        for _ in range(int(self.batch_size)):  # in the activations' dtype, as pgc rounds
             value = value - PGC_ABLATION_OFFSET
             steps.append(value)
         offsets = torch.stack(steps)
-        return offsets[torch.arange(channels, device=acts.device) % PGC_ABLATION_BATCH]
+        return offsets[torch.arange(channels, device=acts.device) % int(self.batch_size)]
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
+        if self.ablation_layer is not None or self.ratio_channels_to_ablate < 1:
+            return self._layer_weights(ctx)
         acts = ctx.activations
         assert acts is not None
         n, channels = acts.shape[:2]
@@ -151,6 +173,39 @@ class AblationCAM(BaseCAM):
                     scores = self.classify_maps(ctx, batch, i).double()
                     weights[i, ks] = (base[i] - scores) / base[i]
         ctx.info["ablations"] = float(n * channels)
+        return weights
+
+    def _layer_weights(self, ctx: CAMContext) -> torch.Tensor:
+        """Weights through pytorch-grad-cam's ablation-layer protocol (the layer's own output)."""
+        from camscope.methods.ablation_layers import AblationLayer
+
+        acts, output, runner = ctx.activations, ctx.output, ctx.runner
+        assert acts is not None and output is not None and runner is not None
+        layer = self.ablation_layer if self.ablation_layer is not None else AblationLayer()
+        n, channels = acts.shape[:2]
+        base = ctx.targets.scores(ctx.logits).double()
+        weights = torch.zeros(n, channels, device=acts.device, dtype=torch.float64)
+        size = int(self.batch_size)
+        ablations = 0
+        with torch.no_grad():
+            for i in range(n):
+                order = layer.activations_to_be_ablated(
+                    acts[i].cpu().numpy(), self.ratio_channels_to_ablate
+                )
+                order = [int(k) for k in order]
+                for start in range(0, len(order), size):
+                    count = min(size, len(order) - start)
+                    layer.set_next_batch(
+                        input_batch_index=i, activations=output, num_channels_to_ablate=count
+                    )
+                    ablated = layer(output[i : i + 1])
+                    out = runner.classify(ablated, runner.expand_cache(ctx.cache, i, count))
+                    scores = ctx.targets.rows(self.adapt(out), i).double()
+                    ks = torch.tensor(order[start : start + count], device=acts.device)
+                    weights[i, ks] = (base[i] - scores) / base[i]
+                    layer.indices = layer.indices[count:]
+                    ablations += count
+        ctx.info["ablations"] = float(ablations)
         return weights
 
 
@@ -176,7 +231,8 @@ class AblationCAM(BaseCAM):
 class ScoreCAM(BaseCAM):
     r"""ScoreCAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279).
 
-    ``variant="reference"`` (default) follows the authors' reference code::
+    ``variant="reference"`` (the registry's and the CLI's default) follows the authors'
+    reference code::
 
         M_k = minmax(upsample_bilinear(A_k))        at the input size, in [0, 1]
         s_k = softmax(f(x * M_k))_c                 x the normalised input
@@ -186,7 +242,8 @@ class ScoreCAM(BaseCAM):
     constant has no mask; it gets s_k = 0 and is not run through the model. Channels whose masks
     are equal (common after a clipping activation such as ReLU6) are run once.
 
-    ``variant="pytorch-grad-cam"`` reproduces pytorch-grad-cam 1.5's weights:
+    ``variant="pytorch-grad-cam"`` (this class's default, so that code written for
+    pytorch-grad-cam gets its maps) reproduces pytorch-grad-cam 1.5's weights:
     ``w = softmax_k(f(x * M_k)_c)``, a softmax *across channels* of the raw scores, with masks
     upsampled with ``align_corners=True`` and normalised by ``max - min + 1e-8``. Constant
     channels (mask all zero) are scored once, with the all-zero input, and share that score.
@@ -209,6 +266,7 @@ class ScoreCAM(BaseCAM):
     """
 
     uses_split = False
+    uses_gradients = False
     passes_per_mask = 1
 
     def __init__(
@@ -217,7 +275,7 @@ class ScoreCAM(BaseCAM):
         target_layers: Any = None,
         reshape_transform: Any = None,
         *,
-        variant: Literal["reference", "pytorch-grad-cam"] = "reference",
+        variant: Literal["reference", "pytorch-grad-cam"] = "pytorch-grad-cam",
         precision: Precision = "fp32",
         max_channels: int | None = None,
         chunk_size: int | None = None,
@@ -237,6 +295,15 @@ class ScoreCAM(BaseCAM):
         self.engine = InferenceEngine(
             _Adapted(model, self.adapt), precision=precision, jit=jit, backend=backend
         )
+
+    @property
+    def batch_size(self) -> int | None:
+        """pytorch-grad-cam's name for ``chunk_size`` (masked images per pass)."""
+        return self.chunk_size
+
+    @batch_size.setter
+    def batch_size(self, value: int | None) -> None:
+        self.chunk_size = value
 
     def close(self) -> None:
         """Release the split graphs and the inference engine's compiled copy."""

@@ -39,7 +39,10 @@ class OptionSpec:
         cli: the CLI flag (``"--max-channels"``); one flag may serve several methods (the same
             OptionSpec object is then listed by each).
         type: ``int``, ``float``, ``str``, ``bool`` or a tuple of allowed string choices.
-        default: the constructor's default (None: off).
+        default: the registry's default (None: off), which `build_cam` passes when the option
+            is not given: the CLI's and the run's choice. A class imported by pytorch-grad-cam's
+            name may default to pytorch-grad-cam's behaviour instead (AblationCAM's
+            ``ablation_value``, ScoreCAM's ``variant``, the eigen methods' ``eigen_sign``).
         help: one line, with the cost where it matters.
         minimum: smallest allowed value for numbers.
     """
@@ -138,13 +141,17 @@ def get_method(name: str) -> MethodSpec:
 
 
 def build_cam(name: str, model: Any, layers: Any, **options: object) -> Any:
-    """Construct method ``name`` on ``model`` at ``layers`` with validated ``options``."""
+    """Construct method ``name`` on ``model`` at ``layers`` with validated ``options``.
+
+    Options not given take their `OptionSpec` default (the registry's choice, see there).
+    """
     spec = get_method(name)
     known = {o.name: o for o in spec.options}
     for key, value in options.items():
         if key in known:
             known[key].validate(value)
-    return spec.cls(model, layers, **options)
+    defaults = {o.name: o.default for o in spec.options if o.default is not None}
+    return spec.cls(model, layers, **{**defaults, **options})
 
 
 def method_options(names: Iterable[str], given: Mapping[str, object]) -> dict[str, dict]:

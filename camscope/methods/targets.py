@@ -26,6 +26,7 @@ __all__ = [
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "FasterRCNNBoxScoreTarget",
     "FinerWeightedTarget",
     "RawScoresOutputTarget",
     "SemanticSegmentationTarget",
@@ -138,6 +139,40 @@ class SemanticSegmentationTarget:
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
         mask = self.mask.to(device=model_output.device, dtype=model_output.dtype)
         return (model_output[self.category] * mask).sum()
+
+
+class FasterRCNNBoxScoreTarget:
+    """Detections matching ``bounding_boxes`` / ``labels``: the sum of IoU + score of each match.
+
+    For each given box, the detection with the highest IoU counts if that IoU exceeds
+    ``iou_threshold`` and its label is the given one. The result is a (1,) tensor on the
+    detections' device and in their dtype (0 when nothing is detected), as pytorch-grad-cam's.
+
+    Args:
+        labels: one class label per box.
+        bounding_boxes: (x1, y1, x2, y2) boxes (arrays or tensors).
+        iou_threshold: the IoU a detection must exceed to match.
+    """
+
+    def __init__(self, labels: Sequence[int], bounding_boxes: Any, iou_threshold: float = 0.5):
+        self.labels = labels
+        self.bounding_boxes = bounding_boxes
+        self.iou_threshold = iou_threshold
+
+    def __call__(self, model_outputs: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: D102
+        from torchvision.ops import box_iou
+
+        boxes = model_outputs["boxes"]
+        output = torch.zeros(1, device=boxes.device, dtype=boxes.dtype)
+        if len(boxes) == 0:
+            return output
+        for box, label in zip(self.bounding_boxes, self.labels, strict=False):
+            box = torch.as_tensor(box, device=boxes.device, dtype=boxes.dtype).reshape(1, 4)
+            ious = box_iou(box, boxes)[0]
+            best = ious.argmax()
+            if ious[best] > self.iou_threshold and model_outputs["labels"][best] == label:
+                output = output + ious[best] + model_outputs["scores"][best]
+        return output
 
 
 @dataclass

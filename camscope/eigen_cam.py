@@ -1,0 +1,5 @@
+"""pytorch-grad-cam's module path: `camscope.methods.eigen.EigenCAM` (solver's sign by default)."""
+
+from camscope.methods.eigen import EigenCAM
+
+__all__ = ["EigenCAM"]
