@@ -16,7 +16,6 @@ import re
 from functools import cache
 
 import jinja2
-from markupsafe import Markup
 
 from camscope.report.document import Document, Gallery
 
@@ -60,10 +59,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _gallery_cards(doc: Document) -> tuple[dict[int, list[Markup]], int]:
-    """Each gallery card rendered once, in order, until `GALLERY_BYTES`; the count left out."""
+def _gallery_cards(doc: Document) -> tuple[dict[int, list[str]], int]:
+    """Each gallery card rendered once, in order, until `GALLERY_BYTES`; the count left out.
+
+    The cards are the autoescaping macro's output (markup-safe strings), placed as they are.
+    """
     card = environment().get_template("_blocks.html").module.card  # type: ignore[attr-defined]
-    kept: dict[int, list[Markup]] = {}
+    kept: dict[int, list[str]] = {}
     used = dropped = 0
     for section in doc.sections:
         for block in section.blocks:
@@ -86,7 +88,7 @@ def render_html(doc: Document) -> str:
     """The whole page (see the module docstring)."""
     kept, dropped = _gallery_cards(doc)
     return environment().get_template("report.html").render(
-        doc=doc, csp=Markup(CSP), cards=kept, dropped=dropped, max_mb=MAX_BYTES // 1_000_000,
+        doc=doc, csp=CSP, cards=kept, dropped=dropped, max_mb=MAX_BYTES // 1_000_000,
         card_id=id,
     )  # fmt: skip
 
