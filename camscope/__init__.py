@@ -26,6 +26,7 @@ from camscope.methods import (
     ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    DeepFeatureFactorization,
     EigenCAM,
     EigenGradCAM,
     FasterRCNNBoxScoreTarget,
@@ -51,6 +52,7 @@ from camscope.methods import (
     SoftmaxOutputTarget,
     XGradCAM,
     get_method,
+    run_dff_on_image,
 )
 from camscope.methods.ablation_layers import (
     AblationLayer,
@@ -60,6 +62,8 @@ from camscope.methods.ablation_layers import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "DeepFeatureFactorization",
+    "run_dff_on_image",
     "SESS",
     "RefineCAM",
     "GuidedBackprop",

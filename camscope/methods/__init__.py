@@ -2,7 +2,8 @@
 
 Families: `camscope.methods.gradient`, `camscope.methods.eigen`,
 `camscope.methods.activation`, `camscope.methods.guided`, `camscope.methods.perturbation`,
-`camscope.methods.meta`.
+`camscope.methods.meta`; Deep Feature Factorization (concepts, not a class map, unregistered)
+in `camscope.methods.factorization`.
 Each method registers itself in `METHODS` (`camscope.methods.registry`), which the CLI, run
 metadata and report read.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from camscope.methods.activation import FEM
 from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
 from camscope.methods.eigen import KPCA_CAM, EigenCAM, EigenGradCAM, SegEigenCAM
+from camscope.methods.factorization import DeepFeatureFactorization, run_dff_on_image
 from camscope.methods.gradient import (
     FinerCAM,
     FullGrad,
@@ -59,6 +61,8 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "DeepFeatureFactorization",
+    "run_dff_on_image",
     "SESS",
     "RefineCAM",
     "GuidedBackprop",
