@@ -1,4 +1,7 @@
-"""The in-process driver: prepare -> open_run -> plan -> (decode -> explain -> write)* -> finalize.
+"""The in-process run: prepare -> `drive` (open_run -> plan -> this execution step -> finalize).
+
+The execution step here is (decode -> explain -> write)* in this process; `camscope.run.driver`
+does the rest, for this run and the Ray run alike.
 
 Images stream through bounded stages: `camscope.io.iter_images` decodes a few images ahead in
 background threads, `BatchExplainer` computes one batch at a time, `RunWriter` writes it, and
@@ -17,19 +20,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from camscope.io import LoadedImage, iter_images, runfolder
+from camscope.io import LoadedImage, iter_images
 from camscope.models import LoadedModel, ModelError, wrap_module
-from camscope.run.collect import Plan, WorkItem, plan
+from camscope.run.collect import Plan, WorkItem
 from camscope.run.config import RunConfig, RunContext, UsageError, prepare
+from camscope.run.driver import RunResult, Tally, drive
 from camscope.run.explainer import BatchExplainer
-from camscope.run.finalize import finalize
-from camscope.run.folder import open_run
 from camscope.run.writer import RunWriter
 
 __all__ = ["RunResult", "explain", "run_local"]
@@ -37,27 +38,6 @@ __all__ = ["RunResult", "explain", "run_local"]
 log = logging.getLogger("camscope")
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class RunResult:
-    """What a run did. ``state``: complete, interrupted or failed."""
-
-    out_dir: Path
-    state: str
-    n_total: int = 0
-    n_done_before: int = 0
-    n_explained: int = 0
-    n_failed: int = 0
-    problems: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Everything was explained and written."""
-        return self.state == "complete" and not self.n_failed and not self.problems
 
 
 def _batches(
@@ -120,71 +100,36 @@ def run_local(
     loaded: LoadedModel | None = None,
 ) -> RunResult:
     """Run ``config`` in this process. Raises UsageError before anything is written."""
-    t0 = time.perf_counter()
     ctx = prepare(config, loaded=loaded)
-    record = open_run(ctx)
-    done = (
-        runfolder.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods)
-        if record["resumed"]
-        else set()
-    )
-    todo = plan(config, done)
-    log.info(
-        "collect: %d input(s), %d to explain (%.1f s)",
-        todo.n_total + len(todo.failures),
-        len(todo.items),
-        time.perf_counter() - t0,
-    )
-    if record["resumed"]:
-        log.info("resuming: %s of %s done", f"{todo.n_done:,}", f"{todo.n_total:,}")
+
+    def execute(ctx: RunContext, todo: Plan, _record: dict, tally: Tally) -> str:
+        return _execute(ctx, todo, tally, stop, progress)
+
+    return drive(ctx, execute, stop=stop)
+
+
+def _execute(
+    ctx: RunContext,
+    todo: Plan,
+    tally: Tally,
+    stop: threading.Event | None,
+    progress: Progress | None,
+) -> str:
+    """The in-process execution step: decode -> explain -> write, batch after batch."""
     writer = RunWriter(ctx)
     for item in todo.failures:
         writer.fail(item, item.error or "failed")
     explainer = BatchExplainer(ctx)
-    state, t1 = "failed", time.perf_counter()
     try:
-        state = _explain_all(ctx, todo, writer, explainer, stop, progress)
-    except KeyboardInterrupt:
-        state = "interrupted"
-        raise
+        return _explain_all(ctx, todo, writer, explainer, stop, progress)
     finally:
         writer.close()
         explainer.close()
-        seconds = {
-            "explain": round(time.perf_counter() - t1, 2),
-            **{f"method_{k}": round(v, 2) for k, v in explainer.seconds.items()},
-        }
-        log.info("explain: %d image(s) (%.1f s)", writer.n_ok, seconds["explain"])
-        record.update(
-            seconds=seconds,
-            method_counters=explainer.counters,
-            notes=list(dict.fromkeys([*record["notes"], *explainer.notes()])),
-            counts=_counts(todo, writer),
-            problems=list(writer.problems),
-        )
-        changed = bool(writer.n_ok) or not record["resumed"]
-        final = finalize(ctx, record, state=state, stop=stop, changed=changed)
-    return RunResult(
-        ctx.out_dir,
-        final.state,
-        todo.n_total,
-        todo.n_done,
-        writer.n_ok,
-        writer.n_failed,
-        writer.problems + final.problems,
-        seconds,
-        record["notes"],
-        final.files,
-    )
-
-
-def _counts(todo: Plan, writer: RunWriter) -> dict[str, Any]:
-    return {
-        "inputs": todo.n_total + len(todo.failures),
-        "done_before": todo.n_done,
-        "explained": writer.n_ok,
-        "failed": writer.n_failed,
-    }
+        tally.n_ok, tally.n_failed = writer.n_ok, writer.n_failed
+        tally.problems = list(writer.problems)
+        tally.notes = explainer.notes()
+        tally.seconds = {f"method_{k}": round(v, 2) for k, v in explainer.seconds.items()}
+        tally.record["method_counters"] = explainer.counters
 
 
 def explain(

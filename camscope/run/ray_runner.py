@@ -574,56 +574,52 @@ def _run(
     stop: threading.Event | None,
     progress: Callable[[int, int], None] | None,
 ) -> Any:
-    """Run on Ray: open -> plan -> (decode -> explain -> write on the actors) -> finalize."""
+    """Run on Ray: `drive` (open -> plan -> finalize) around the Ray execution step."""
+    from camscope.run.driver import drive
+
+    def execute(ctx: Any, todo: Any, record: dict, tally: Any) -> str:
+        _record_cluster(record, options, info, res)
+        return _execute(ctx, todo, tally, options, res, stop, progress)
+
+    return drive(ctx, execute, stop=stop)
+
+
+def _execute(
+    ctx: Any,
+    todo: Any,
+    tally: Any,
+    options: RayOptions,
+    res: ActorResources,
+    stop: threading.Event | None,
+    progress: Callable[[int, int], None] | None,
+) -> str:
+    """The Ray execution step: planned batches -> decode tasks -> explain actors; the grid."""
     import ray
 
-    from camscope.io import runfolder
-    from camscope.run import finalize, open_run, plan
-    from camscope.run.local import RunResult
-
-    t0 = time.perf_counter()
-    record = open_run(ctx)
-    resumed = record["resumed"]
-    done = runfolder.done_keys(ctx.out_dir, ctx.settings_hash, ctx.methods) if resumed else set()
-    todo = plan(ctx.config, done)
-    n_in = todo.n_total + len(todo.failures)
-    log.info("collect: %d input(s), %d to explain (%.1f s)", n_in, len(todo.items),
-             time.perf_counter() - t0)  # fmt: skip
-    if resumed:
-        log.info("resuming: %s of %s done", f"{todo.n_done:,}", f"{todo.n_total:,}")
-    _record_cluster(record, options, info, res)
     writer = RunWriter(ctx, grid=False)
     for item in todo.failures:
         writer.fail(item, item.error or "failed")
     writer.close()
-    tally, state, problems, t1 = _Tally(len(todo.items)), "failed", [], time.perf_counter()
+    status, state = _Tally(len(todo.items)), "failed"
     try:
         rows = plan_rows(todo.items, ctx.config.batch_size)
         ds = _dataset(ray, rows, ctx, res, options.workers) if rows else None
-        state = _drive(ds, tally, stop, progress) if ds is not None else "complete"
+        state = _drive(ds, status, stop, progress) if ds is not None else "complete"
     except ray.exceptions.RayError as exc:
         if stop is not None and stop.is_set():  # Ctrl-C in a terminal reaches Ray's workers too
             state = "interrupted"
         else:
-            problems.append(f"ray: {_first_line(exc)}")
-            log.error("%s", problems[-1])
+            tally.problems.append(f"ray: {_first_line(exc)}")
+            log.error("%s", tally.problems[-1])
     except KeyboardInterrupt:
         state = "interrupted"
         raise
     finally:
-        seconds = {"explain": round(time.perf_counter() - t1, 2)}
-        log.info("explain: %d image(s) (%.1f s)", tally.ok, seconds["explain"])
+        tally.n_ok, tally.n_failed = status.ok, status.failed + len(todo.failures)
+        tally.notes = list(status.notes)
         if state != "failed":
-            problems += write_grid(ctx, todo.items)
-        failed = tally.failed + len(todo.failures)
-        counts = {"inputs": n_in, "done_before": todo.n_done, "explained": tally.ok,
-                  "failed": failed}  # fmt: skip
-        notes = list(dict.fromkeys([*record["notes"], *tally.notes]))
-        record.update(seconds=seconds, counts=counts, notes=notes,
-                      problems=[*record.get("problems", []), *problems])  # fmt: skip
-        final = finalize(ctx, record, state=state, stop=stop)
-    return RunResult(ctx.out_dir, state, todo.n_total, todo.n_done, tally.ok, failed,
-                     problems + final.problems, seconds, notes, final.files)  # fmt: skip
+            tally.problems += write_grid(ctx, todo.items)
+    return state
 
 
 _GRID_COLUMNS = ("top1_name", "top1_prob", "target_index", "target_name", "top1_index", "empty",
