@@ -196,6 +196,31 @@ def is_run_folder(folder: str | os.PathLike[str]) -> bool:
     return isinstance(meta, dict) and ("camscope_version" in meta or "settings_hash" in meta)
 
 
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_kind(path: str | os.PathLike[str]) -> str | None:
+    """What *path* (links followed) is when it exists but is neither a file nor a folder.
+
+    Such a file (a FIFO, socket or device named like an image) is never opened: reading a FIFO
+    blocks until someone writes to it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), None)
+
+
+def _special_cause(kind: str) -> str:
+    return f"not a regular file ({kind}); skipped"
+
+
 class _Scanner:
     """Recursive folder search that reports what it cannot read instead of dropping it."""
 
@@ -236,7 +261,10 @@ class _Scanner:
             return None
         if not _has_image_suffix(entry.name, self.extensions):
             return None
-        if not is_file and entry.is_symlink():
+        special = None if is_file else _special_kind(path)
+        if special is not None:
+            self.errors.append(InputError(path, _special_cause(special)))
+        elif not is_file and entry.is_symlink():
             self.errors.append(InputError(path, "broken symbolic link (its target is missing)"))
         elif is_file and len(os.fsencode(path)) >= self.path_max:
             err = OSError(errno.ENAMETOOLONG, "File name too long")
@@ -333,7 +361,12 @@ def _expand_glob(text: str, scanner: _Scanner) -> tuple[list[Path], InputError |
     if not matches:
         return [], InputError(text, "no files match this pattern")
     root, cache = _glob_root(text), {}
-    images = [m for m in matches if _has_image_suffix(m, scanner.extensions) and os.path.isfile(m)]
+    images = [m for m in matches if _has_image_suffix(m, scanner.extensions)]
+    for m in images:
+        special = _special_kind(m)
+        if special is not None:
+            scanner.errors.append(InputError(m, _special_cause(special)))
+    images = [m for m in images if os.path.isfile(m)]
     kept = [Path(m) for m in images if not _in_skipped_folder(m, root, scanner, cache)]
     if len(kept) < len(images):
         _log.info(
@@ -356,8 +389,10 @@ def _expand_one(text: str, scanner: _Scanner) -> tuple[list[Path], list[InputErr
         return [], [InputError(text, _scan_cause(exc, folder=False))]
     if st is None:
         if text and _looks_like_glob(text):
+            before = len(scanner.errors)
             images, error = _expand_glob(text, scanner)
-            return images, [error] if error else []
+            found = scanner.errors[before:]
+            return images, found + ([error] if error and not found else [])
         return [], [InputError(text or "''", "no such file or directory")]
     path = Path(text)
     if path.is_dir():
@@ -371,6 +406,9 @@ def _expand_one(text: str, scanner: _Scanner) -> tuple[list[Path], list[InputErr
         if not found and not errors:
             errors = [InputError(text, "folder contains no images")]
         return found, errors
+    special = _special_kind(text)
+    if special is not None:
+        return [], [InputError(text, _special_cause(special))]
     if path.exists():
         return [path], []
     return [], [InputError(text, "broken symbolic link (its target is missing)")]
@@ -395,10 +433,12 @@ def collect_inputs(
     What cannot be read is an error of its own, one line naming the path and the cause, never a
     silent drop: a missing path, a sub-folder without read permission, a path longer than the
     system allows (``ENAMETOOLONG``), a broken symbolic link with an image extension, a symbolic
-    link loop. Folders in *exclude* (e.g. the run's own output folder) and folders holding a
-    camscope ``run.json`` (:func:`is_run_folder`) are not searched (an info line is logged);
-    given explicitly as an input, such a folder is an error. Duplicates (same resolved path) are
-    removed, keeping the first occurrence; otherwise the input order is preserved.
+    link loop, a FIFO, socket or device named like an image ("not a regular file"; never
+    opened: reading a FIFO would block). Folders in *exclude* (e.g. the run's own output
+    folder) and folders holding a camscope ``run.json`` (:func:`is_run_folder`) are not searched
+    (an info line is logged); given explicitly as an input, such a folder is an error.
+    Duplicates (same resolved path) are removed, keeping the first occurrence; otherwise the
+    input order is preserved.
 
     Args:
         inputs: files, folders and glob patterns.

@@ -57,6 +57,10 @@ class Plan:
     failures: list[WorkItem] = field(default_factory=list)
     n_total: int = 0
     n_done: int = 0
+    #: the inputs of this run already done (in ``done``), not explained again
+    skipped: list[WorkItem] = field(default_factory=list)
+    #: the output names of every input collected, before sharding
+    names: set[str] = field(default_factory=set)
 
 
 def read_inputs_from(path: str | Path) -> list[str]:
@@ -157,4 +161,5 @@ def plan(config: RunConfig, done: set[tuple[str, str]] | None = None) -> Plan:
     failures += [it for it in items if it.error is not None]
     done = done or set()
     remaining = [it for it in todo if (it.key, it.name) not in done]
-    return Plan(remaining, failures, n_total=len(items), n_done=len(todo) - len(remaining))
+    skipped = [it for it in todo if (it.key, it.name) in done]
+    return Plan(remaining, failures, len(items), len(skipped), skipped, set(names))

@@ -16,9 +16,10 @@ could not run). It may add facts about itself to ``record`` (run.json).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,16 @@ def drive(ctx: RunContext, execute: Execute, *, stop: Any = None) -> RunResult:
         else set()
     )
     todo = plan(ctx.config, done)
+    n_inputs = todo.n_total + len(todo.failures)
     log.info(
         "collect: %d input(s), %d to explain (%.1f s)",
-        todo.n_total + len(todo.failures),
+        n_inputs,
         len(todo.items),
         time.perf_counter() - t0,
     )
     if record["resumed"]:
         log.info("resuming: %s of %s done", f"{todo.n_done:,}", f"{todo.n_total:,}")
+        _other_inputs(ctx, todo)
     tally, state, t1 = Tally(), "failed", time.perf_counter()
     try:
         state = execute(ctx, todo, record, tally)
@@ -115,7 +118,7 @@ def drive(ctx: RunContext, execute: Execute, *, stop: Any = None) -> RunResult:
             **tally.record,
             notes=list(dict.fromkeys([*record["notes"], *tally.notes])),
             counts={
-                "inputs": todo.n_total + len(todo.failures),
+                "inputs": n_inputs,
                 "done_before": todo.n_done,
                 "explained": tally.n_ok,
                 "failed": tally.n_failed,
@@ -136,3 +139,63 @@ def drive(ctx: RunContext, execute: Execute, *, stop: Any = None) -> RunResult:
         record["notes"],
         final.files,
     )
+
+
+def _same_file(path: Path, recorded: str) -> bool:
+    """Whether ``recorded`` (a results-table ``file``) names ``path``, however spelt."""
+    try:
+        return os.path.realpath(runfolder.unescape_path(recorded)) == os.path.realpath(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _other_inputs(ctx: RunContext, todo: Plan) -> None:
+    """A run into a folder that holds images of other inputs adds to it, and says so.
+
+    One warning line each: the images of the folder that are not among these inputs (the
+    folder's tables and report describe them all, these inputs added); the inputs already in
+    the run as the same image (same output name and bytes) from another path (not explained
+    again: the run lists them under the path they were first explained from). An input whose
+    output name is taken by a different image of the run, from another path, is not explained:
+    it is a failed input, one line naming both (the folder's maps of that name stay the other
+    image's). Moves those from ``todo.items`` to ``todo.failures``.
+    """
+    table = runfolder.read_table([ctx.out_dir], columns=["file", "settings_hash"])
+    cols = [table.column(c).to_pylist() for c in ("name", "key", "file", "status", "settings_hash")]
+    held: dict[str, tuple[str, str]] = {}
+    for name, key, file, status, h in zip(*cols, strict=True):
+        if status == "ok" and h == ctx.settings_hash:
+            held.setdefault(name, (key, file))
+    others = sorted(n for n in held if n not in todo.names)
+    where = runfolder.escape_path(ctx.out_dir)
+    if others:
+        log.warning(
+            "%s",
+            f"adding to the run in {where}: it holds {len(others):,} image(s) that are not "
+            f"among these inputs (e.g. {held[others[0]][1]}); its tables and report describe "
+            "every image of the run, these inputs included",
+        )
+    moved = [
+        (it.file, held[it.name][1])
+        for it in todo.skipped
+        if it.name in held and not _same_file(it.path, held[it.name][1])
+    ]
+    if moved:
+        log.warning(
+            "%s",
+            f"{len(moved):,} input(s) are already in the run as the same image (same name and "
+            f"bytes) from another path, e.g. {moved[0][0]} = {moved[0][1]}: not explained "
+            "again; the run lists them under that path",
+        )
+    keep = []
+    for it in todo.items:
+        key, file = held.get(it.name, (it.key, it.file))
+        if key != it.key and not _same_file(it.path, file):
+            cause = (
+                f"output name {it.name} is taken in the run {where} by another image ({file}); "
+                "not explained (use another --out, or --overwrite)"
+            )
+            todo.failures.append(replace(it, error=cause))
+        else:
+            keep.append(it)
+    todo.items = keep

@@ -147,7 +147,15 @@ def run_record(ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, An
     """run.json's content at the start of a session (``previous``: the resumed run's)."""
     loaded = ctx.loaded
     sessions = list((previous or {}).get("sessions", []))
-    sessions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": ctx.config.argv})
+    cfg = ctx.config
+    sessions.append(
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": cfg.argv,
+            "inputs": list(cfg.inputs),
+            "inputs_from": cfg.inputs_from,
+        }
+    )
     return {
         "camscope_version": _version(),
         "torch_version": torch.__version__,

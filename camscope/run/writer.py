@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,12 @@ GRID_IMAGES = 64
 
 
 def session_prefix() -> str:
-    """A part-file prefix unique to this process and moment (``20261127T1301-4f2a``)."""
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid():x}"
+    """A part-file prefix unique to this session (``20261127T130102-4f2a-9c1e``).
+
+    The moment, the process id and a random part: two sessions of one process in the same
+    second (two `camscope.explain` calls into one folder) never write the same part file.
+    """
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid():x}-{secrets.token_hex(2)}"
 
 
 class RunWriter:
