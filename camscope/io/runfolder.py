@@ -8,8 +8,8 @@ The layout (docs/DESIGN.md); every name below is a constant of this module::
     DIR/sanity.parquet            SANITY: the sanity check on its own small sample
     DIR/<method>/<name>.npy|.png  map_path(): per --save-maps (MAP_KINDS)
     DIR/grid.png, grid-2.png ...  grid_page_name(): comparison grid pages (GRID_GLOB)
-    DIR/predictions.csv, metrics.csv, summary.csv, report.html, report.md, curves.png,
-    distributions.png             DERIVED_FILES: derived from the table at the end
+    DIR/predictions.csv, metrics.csv, summary.csv, comparisons.csv, report.html, report.md,
+    curves.png, distributions.png DERIVED_FILES: derived from the table at the end
 
 It lives below both `camscope.run` (which writes run folders) and `camscope.report` (which
 reads them) and imports no other camscope package than `camscope.io`; `camscope.run.results`
@@ -46,6 +46,7 @@ import numpy as np
 from camscope.io.files import atomic_open, escape_name, unescape_name
 
 __all__ = [
+    "COMPARISONS_CSV",
     "DERIVED_FILES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -101,6 +102,7 @@ SANITY = "sanity.parquet"
 PREDICTIONS_CSV = "predictions.csv"
 METRICS_CSV = "metrics.csv"
 SUMMARY_CSV = "summary.csv"
+COMPARISONS_CSV = "comparisons.csv"
 CURVES_PNG = "curves.png"
 DISTRIBUTIONS_PNG = "distributions.png"
 REPORT_HTML = "report.html"
@@ -111,7 +113,7 @@ GRID_GLOB = "grid*.png"
 #: Per-image files in ``DIR/<method>/``: the float32 map and the overlay (`map_path`).
 MAP_KINDS = ("npy", "png")
 #: The report's files (`camscope.report.build_report` writes those it can).
-REPORT_FILES = (SUMMARY_CSV, CURVES_PNG, DISTRIBUTIONS_PNG, REPORT_HTML, REPORT_MD)
+REPORT_FILES = (SUMMARY_CSV, COMPARISONS_CSV, CURVES_PNG, DISTRIBUTIONS_PNG, REPORT_HTML, REPORT_MD)
 #: Files derived from the table at the end of a run (or by `camscope report`); --overwrite and
 #: the stale-output check know exactly these (plus grid*.png, results/ and the map folders).
 #: sanity.csv, agreement.csv, curves.npz and evaluation.json were written by camscope 0.1.
@@ -119,6 +121,7 @@ DERIVED_FILES = (
     PREDICTIONS_CSV,
     METRICS_CSV,
     SUMMARY_CSV,
+    COMPARISONS_CSV,
     "sanity.csv",
     "agreement.csv",
     "curves.npz",

@@ -3,7 +3,7 @@
 `build_report` reads one or more run folders' results tables (docs/DESIGN.md) and writes the
 report; memory and page size stay bounded whatever the number of images. Modules:
 
-- `camscope.report.source`: the report's access to run folders (through `camscope.run.results`).
+- `camscope.report.source`: the report's access to run folders (through `camscope.io.runfolder`).
 - `camscope.report.data`: per-image scalars, the metric table `METRICS` (one declaration per
   metric), intervals, corrected rankings, ranking agreement between metrics, sanity verdicts.
 - `camscope.report.text`: every sentence of the analysis, chosen by the numbers (as `Finding`s

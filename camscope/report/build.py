@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from camscope.io import atomic_write_bytes, write_text
+from camscope.io import atomic_write_bytes, runfolder, write_text
 from camscope.metrics import RESAMPLES
 from camscope.report.context import ReportContext
 from camscope.report.data import (
@@ -140,7 +140,7 @@ def _links(out_dir: Path, dirs: Sequence[Path]) -> list[tuple[str, str]]:
     """Relative links to each folder's metrics.csv (when written) and results table."""
     links = []
     for d in dirs:
-        for name in ("metrics.csv", "results"):
+        for name in (runfolder.METRICS_CSV, runfolder.RESULTS):
             target = d / name
             if not target.exists():
                 continue
@@ -216,13 +216,13 @@ def build_report(
     doc = build_document(ctx)
     out: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write(out, out_dir / "summary.csv", summary_csv(s, summary))
+    _write(out, out_dir / runfolder.SUMMARY_CSV, summary_csv(s, summary))
     if summary.rankings:
-        _write(out, out_dir / "comparisons.csv", comparisons_csv(summary))
+        _write(out, out_dir / runfolder.COMPARISONS_CSV, comparisons_csv(summary))
     for figure in doc.figures():
         _write(out, out_dir / figure.file, figure.png)
-    _write(out, out_dir / "report.html", render_html(doc))
-    _write(out, out_dir / "report.md", render_markdown(doc))
+    _write(out, out_dir / runfolder.REPORT_HTML, render_html(doc))
+    _write(out, out_dir / runfolder.REPORT_MD, render_markdown(doc))
     return out
 
 
@@ -231,9 +231,11 @@ def _figures(table: RunTable, s: Scalars, summary: Summary) -> list[Figure]:
     figures = []
     if s.methods and summary.measured:
         png = figure_png(plot_distributions(s, summary))
-        figures.append(Figure("distributions", "distributions.png",
+        figures.append(Figure("distributions", runfolder.DISTRIBUTIONS_PNG,
                               "Metric distributions per method", png))  # fmt: skip
     if s.has_metrics:
         png = figure_png(plot_curves(curve_sums(table, s.methods)))
-        figures.append(Figure("curves", "curves.png", "Mean deletion and insertion curves", png))
+        figures.append(
+            Figure("curves", runfolder.CURVES_PNG, "Mean deletion and insertion curves", png)
+        )
     return figures

@@ -1,4 +1,4 @@
-"""The report's access to run folders: through `camscope.run.results` only.
+"""The report's access to run folders: through `camscope.io.runfolder` (the folder's schema) only.
 
 `RunTable.read` returns the de-duplicated rows of scalar columns for every image at once;
 `RunTable.batches` streams the same rows, in the same order, one part file at a time, for the
