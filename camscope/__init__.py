@@ -49,6 +49,7 @@ from camscope.methods import (
     SemanticSegmentationTarget,
     ShapleyCAM,
     SmoothGradCAMPlusPlus,
+    SobelCAM,
     SoftmaxOutputTarget,
     XGradCAM,
     get_method,
@@ -62,6 +63,7 @@ from camscope.methods.ablation_layers import (
 from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
 
 __all__ = [
+    "SobelCAM",
     "DeepFeatureFactorization",
     "run_dff_on_image",
     "SESS",

@@ -2,8 +2,8 @@
 
 Families: `camscope.methods.gradient`, `camscope.methods.eigen`,
 `camscope.methods.activation`, `camscope.methods.guided`, `camscope.methods.perturbation`,
-`camscope.methods.meta`; Deep Feature Factorization (concepts, not a class map, unregistered)
-in `camscope.methods.factorization`.
+`camscope.methods.meta`, `camscope.methods.sobel` (an edge-detector baseline); Deep Feature
+Factorization (concepts, not a class map, unregistered) in `camscope.methods.factorization`.
 Each method registers itself in `METHODS` (`camscope.methods.registry`), which the CLI, run
 metadata and report read.
 
@@ -47,6 +47,7 @@ from camscope.methods.registry import (
     get_method,
     method_options,
 )
+from camscope.methods.sobel import SobelCAM, sobel_cam
 from camscope.methods.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputReST,
@@ -61,6 +62,8 @@ from camscope.methods.targets import (
 )
 
 __all__ = [
+    "SobelCAM",
+    "sobel_cam",
     "DeepFeatureFactorization",
     "run_dff_on_image",
     "SESS",
