@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from camscope._version import __version__
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DEMO_IMAGES = {
@@ -252,7 +254,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="camscope")
+@click.version_option(__version__, prog_name="camscope")
 def main() -> None:
     """camscope: class activation maps, measured."""
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from camscope.io import runfolder
 
 PACKAGE = Path(__file__).resolve().parents[1] / "camscope"
@@ -62,3 +64,25 @@ def test_names():
     assert runfolder.map_path("d", "gradcam", "a", "png") == Path("d/gradcam/a.png")
     assert set(runfolder.REPORT_FILES) <= set(runfolder.DERIVED_FILES)
     assert f"camscope {runfolder.FORMAT_VERSION} run" == runfolder.FORMAT_NAME
+
+
+def test_versions_come_from_one_place():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from click.testing import CliRunner
+
+    import camscope
+    from camscope._version import __version__
+    from camscope.cli import main
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "camscope._version.__version__"
+    assert camscope.__version__ == __version__
+    assert CliRunner().invoke(main, ["--version"]).output.strip().endswith(__version__)
+    literal = [
+        p.name
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "_version.py" and f'"{__version__}"' in p.read_text(encoding="utf-8")
+    ]
+    assert not literal, literal

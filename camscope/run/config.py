@@ -564,7 +564,7 @@ def config_record(ctx: RunContext) -> dict[str, Any]:
 def config_from_record(run: dict[str, Any], **given: Any) -> RunConfig:
     """The `RunConfig` that reproduces the settings of ``run`` (run.json), with ``given`` on top.
 
-    Reads folders of every camscope 0.2 run (the record `config_record` writes). The
+    Reads every run folder of this format (`runfolder.FORMAT_VERSION`). The
     methods' options come back per method, so ``prepare`` gives the same settings and hash.
     """
     s = run["settings"]

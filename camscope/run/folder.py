@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from camscope._version import __version__
 from camscope.io import TEMP_PREFIX, runfolder, write_json
 from camscope.run import _methods
 from camscope.run.config import RunContext, UsageError, config_record
@@ -33,12 +34,6 @@ from camscope.run.config import RunContext, UsageError, config_record
 __all__ = ["known_entries", "open_run", "remove_temporaries", "run_record", "write_run_json"]
 
 log = logging.getLogger("camscope")
-
-
-def _version() -> str:
-    from camscope._version import __version__
-
-    return __version__
 
 
 def known_entries(out: Path) -> list[Path]:
@@ -157,7 +152,7 @@ def run_record(ctx: RunContext, previous: dict[str, Any] | None) -> dict[str, An
         }
     )
     return {
-        "camscope_version": _version(),
+        "camscope_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "state": "running",
