@@ -169,8 +169,10 @@ def _tau_table(summary: Summary, ranked: list[MetricSpec]) -> Table:
         for b in ranked:
             iv = summary.metric_agreement.get((a.key, b.key))
             iv = iv or summary.metric_agreement.get((b.key, a.key))
-            if a.key == b.key or iv is None:
-                row.append("—" if a.key == b.key else "n/a")
+            if a.key == b.key:
+                row.append("—")
+            elif iv is None or not math.isfinite(iv.mean):
+                row.append("n/a (all tied)" if iv is not None else "n/a")
             else:
                 row.append(f"{num(iv.mean, 2)} [{num(iv.low, 2)}, {num(iv.high, 2)}]")
         rows.append(row)
