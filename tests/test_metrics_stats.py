@@ -243,8 +243,8 @@ def test_simultaneous_critical_value_matches_exhaustive_bootstrap():
     drawn = diffs[idx]  # (46656, 6, 3)
     boot, boot_se = drawn.mean(axis=1), drawn.std(axis=1, ddof=1) / math.sqrt(6)
     d, se = diffs.mean(axis=0), diffs.std(axis=0, ddof=1) / math.sqrt(6)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_max = np.nan_to_num(np.abs(boot - d) / boot_se, nan=0.0).max(axis=1)
+    boot_se = np.maximum(boot_se, 0.5 * se)  # the documented floor (SE_FLOOR)
+    t_max = (np.abs(boot - d) / boot_se).max(axis=1)
     exact = np.quantile(t_max, 0.95, method="higher")
     c = M.compare_methods(x, resamples=40_000, min_n=1)
     assert c.critical == pytest.approx(exact, rel=0.04)
@@ -255,6 +255,23 @@ def test_simultaneous_critical_value_matches_exhaustive_bootstrap():
             (d[p] - exact * se[p], d[p] + exact * se[p]), abs=0.04 * exact * se[p] + 1e-9
         )
         assert c.difference(b, a).mean == pytest.approx(-d[p])
+
+
+def test_a_sparse_pair_does_not_widen_the_others():
+    """A pair of mostly-zero metrics (resamples with ~equal differences) keeps c bounded.
+
+    Without the floor on the resampled standard error, a resample that draws only zeros gives
+    an unbounded t for that pair and, through the maximum, every interval of the metric widens.
+    """
+    rng = np.random.default_rng(4)
+    zeros = np.zeros(12)
+    sparse = np.where(np.arange(12) < 3, rng.uniform(0.005, 0.05, 12), 0.0)  # 3 of 12 non-zero
+    clear = {"a": zeros, "b": sparse, "c": rng.uniform(0.02, 0.12, 12),
+             "d": rng.uniform(0.03, 0.12, 12)}  # fmt: skip
+    c = M.compare_methods(clear)
+    assert c.critical < 4.0  # Bonferroni-t for 6 pairs at n = 12: 3.2
+    assert c.pairs[("a", "c")].significant and c.pairs[("a", "d")].significant
+    assert M.SE_FLOOR == 0.5
 
 
 def test_comparisons_edge_cases():

@@ -51,6 +51,10 @@ _CHUNK_VALUES = 2**22
 _FEW_VALUES = 32
 #: How `compare_methods` (and so every ranking) corrects for the number of comparisons.
 CORRECTION = "simultaneous bootstrap-t intervals (max-|t|)"
+#: A resample's standard error in the bootstrap-t is floored at this share of the observed one:
+#: a resample that happens to hold (nearly) equal differences would otherwise give an unbounded
+#: t and, through the maximum, widen every interval of the metric (sparse metrics, small n).
+SE_FLOOR = 0.5
 
 
 def _as_array(values: object) -> np.ndarray:
@@ -349,7 +353,7 @@ def _max_t(diff: np.ndarray, resamples: int, seed: int, confidence: float) -> di
     boot, boot_se = _resampled_moments(diff, resamples, seed)
     tiny = 1e-12 * np.maximum(np.abs(np.nan_to_num(mean)), 1.0)  # float noise of a constant
     varies = (n > 1) & (se > tiny)
-    boot_se = np.where(boot_se > tiny, boot_se, 0.0)
+    boot_se = np.maximum(np.where(boot_se > tiny, boot_se, 0.0), SE_FLOOR * se)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.abs(boot[:, varies] - mean[varies]) / boot_se[:, varies]
         t_obs = np.abs(mean) / se
@@ -373,11 +377,12 @@ def compare_methods(
     ``samples``: method -> per-image values aligned over the same images (NaN = no value; a pair
     uses the images both have). For pair p: d_p the mean difference, se_p = sd / sqrt(n). The
     images are resampled together ``resamples`` times (the same images for every pair);
-    ``T* = max_p |d*_p - d_p| / se*_p`` (each resample's own standard error: the bootstrap-t) and
-    c is its ``confidence`` quantile. The interval is ``d_p +- c se_p`` and the adjusted p the
-    share of resamples with ``T* >= |d_p| / se_p``, so all intervals cover their true
-    differences together with probability ``confidence`` (asymptotically; checked by simulation
-    in the tests). A pair is significant when its interval excludes 0 and it has at least
+    ``T* = max_p |d*_p - d_p| / se*_p`` (each resample's own standard error: the bootstrap-t,
+    floored at `SE_FLOOR` x se_p) and c is its ``confidence`` quantile. The interval is
+    ``d_p +- c se_p`` and the adjusted p the share of resamples with ``T* >= |d_p| / se_p``, so
+    all intervals cover their true differences together with probability ``confidence``
+    (asymptotically; checked by simulation in the tests). A pair is significant when its
+    interval excludes 0 and it has at least
     ``min_n`` images; a pair whose differences are all equal has the point interval [d, d].
 
     Example:
