@@ -1,7 +1,7 @@
 """Stage 3, explain (compute only): maps, top-5 and per-image metrics of a batch.
 
 `BatchExplainer` turns a batch of decoded images into results-table rows (schema in
-`camscope.run.results`) and the maps the writer saves. It never touches the disk. With
+`camscope.io.runfolder`) and the maps the writer saves. It never touches the disk. With
 ``--metrics`` each image's faithfulness metrics (Average Drop, Increase in Confidence,
 Chattopadhyay et al. 2018; Deletion/Insertion, Petsiuk et al. 2018) are computed right after its
 maps, while they are in memory, through one `InferenceEngine`; agreement between the methods
@@ -10,7 +10,7 @@ maps, while they are in memory, through one `InferenceEngine`; agreement between
 Example::
 
     >>> explainer = BatchExplainer(ctx)                         # doctest: +SKIP
-    >>> out = explainer(items, decoded)     # decoded: camscope.io.LoadedImage list
+    >>> out = explainer(items, decoded)   # decoded: LoadedImage list  # doctest: +SKIP
     >>> out.rows[0]["method"], out.maps["gradcam"].shape       # doctest: +SKIP
     ('gradcam', (8, 224, 224))
 """
