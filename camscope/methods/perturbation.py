@@ -48,7 +48,17 @@ class _Adapted(nn.Module):
         super().__init__()
         self.model = model
         self.adapt = adapt
-        self.train(model.training)  # exporters restore this mode on the whole tree
+        self.training = False  # the engine runs inside `eval_mode` (the model in eval mode)
+
+    def train(self, mode: bool = True) -> _Adapted:
+        """Set this wrapper's flag only.
+
+        The model's modes are `camscope.methods.base.eval_mode`'s to set and restore: an
+        exporter's ``train(saved)`` on the whole tree must not put the model in training mode
+        in the middle of an explanation.
+        """
+        self.training = mode
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.adapt(self.model(x))
