@@ -7,9 +7,8 @@ picks the fastest exact path it can for the device:
   preference (``backend="auto"``):
 
   1. ``onnxruntime``: the model exported to ONNX in memory and run by ONNX Runtime's CPU
-     provider (fused conv/BN/activation kernels, strong depthwise convolutions). Measured on the
-     2-core AVX2 development machine at batch 32: EfficientNet-Lite0 106 img/s against 55 for
-     the frozen TorchScript trace and 17 for eager PyTorch; ResNet-50 19.0 against 15.1.
+     provider (fused conv/BN/activation kernels, strong depthwise convolutions); the fastest of
+     the three where measured (BENCHMARKS.md, "ScoreCAM fast modes on this CPU").
   2. ``torchscript``: trace -> freeze -> ``optimize_for_inference`` (conv-BN folding, oneDNN
      layouts).
   3. ``eager``: the model as it is.
@@ -19,7 +18,7 @@ picks the fastest exact path it can for the device:
   or disagrees is skipped, and the substitution is said on stderr and kept in ``engine.note``.
 * CUDA: a channels_last copy of the model; ``bf16``/``fp16`` autocast when asked.
 * CPU ``bf16``: autocast in eager mode (fast only on CPUs with native bf16; on AVX2-only CPUs it is
-  several times *slower* than fp32 — measured, see BENCHMARKS.md).
+  *slower* than fp32: BENCHMARKS.md).
 
 The engine snapshots the model's weights when it is built (a frozen trace or a copy): build a
 new engine after changing the model.

@@ -53,7 +53,8 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 178_956_970
 
 #: Extra peak bytes per pixel of decoders that hold a full-size buffer of their own on top of
-#: Pillow's image (measured: WebP 16 bytes/pixel in all, AVIF 9.5; JPEG, PNG, TIFF, GIF none).
+#: Pillow's image (JPEG, PNG, TIFF and GIF have none; the measurements behind these numbers:
+#: BENCHMARKS.md, "Memory per decoded image").
 FORMAT_EXTRA_BYTES: dict[str, int] = {"WEBP": 8, "AVIF": 2}
 
 # Pixels per band of the band-wise conversions (:func:`_map_tiles`).
@@ -332,8 +333,9 @@ def decode_budget(max_pixels: int) -> int:
     ``max_pixels`` is the largest 8-bit RGB image accepted; an image of another mode is accepted
     when ``width * height * bytes_per_pixel(mode)`` fits the same budget (and ``width * height <=
     max_pixels``): with today's decoders only WebP and AVIF images get fewer pixels. The default,
-    178,956,970 pixels, is a budget of 1.33 GiB; decoding holds at most that (plus about 20 MiB)
-    at once in the process, whatever the number of decoding threads.
+    178,956,970 pixels, is a budget of 1.33 GiB; decoding holds at most that (plus the
+    decoders' fixed buffers, BENCHMARKS.md) at once in the process, whatever the number of
+    decoding threads.
 
     Raises:
         ValueError: ``max_pixels`` is not a positive integer (a usage error).

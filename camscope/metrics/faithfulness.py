@@ -34,12 +34,8 @@ from torch import nn
 #: ``ceil(H * W / steps)`` pixels per step (1568 at 224x224, where 32 divides the pixel count so
 #: every step removes the same number of pixels). `step_sensitivity` and
 #: ``benchmarks/step_sensitivity.py`` measure how far the AUCs move against RISE's 224 pixels per
-#: step (224 steps at 224x224). EfficientNet-Lite0 (bundled weights, layer bn2), maps of all three
-#: methods: 32 steps change the per-image AUC by 0.0009-0.0028 on average (max 0.0086) on 10
-#: sample images (2-core CPU), and every mean paired difference between two methods by at most
-#: 0.0025 (the Grad-CAM/ScoreCAM gaps there are 0.025-0.047); on 100 images (H200) 50 steps moved
-#: it by 0.0012-0.0019 and 20 steps by 0.0031-0.0045. 32 steps cost 65 forward passes per image
-#: and method against 101 for 50 and 449 for 224.
+#: step (224 steps at 224x224); the measurements are in EVALUATION.md. 32 steps cost 65 forward
+#: passes per image and method against 101 for 50 and 449 for 224.
 DEFAULT_STEPS = 32
 #: RISE's insertion blur: an 11x11 Gaussian with sigma 5 (applied in normalised space).
 BLUR_KERNEL_SIZE = 11

@@ -132,7 +132,7 @@ def bootstrap_means(values: object, *, resamples: int = RESAMPLES, seed: int = S
     chunk = max(1, _CHUNK_VALUES // n)
     for start in range(0, resamples, chunk):
         stop = min(start + chunk, resamples)
-        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)  # 5x faster than int64
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)  # cheaper than int64
         out[start:stop] = x[idx].mean(axis=1)
     return out
 
