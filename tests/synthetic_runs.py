@@ -54,6 +54,7 @@ def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) 
                 average_drop=float(np.clip(rng.normal(0.3 + shift * k, 0.1), 0, 1)),
                 deletion_auc=dele, insertion_auc=ins, increase=bool(increase(i, k)),
                 deletion_curve=curve.tolist(), insertion_curve=curve[::-1].tolist(),
+                road_morf=0.9 * dele, road_lerf=0.5 + 0.5 * ins,  # no draw: streams unchanged
             )  # fmt: skip
         for other in methods:
             if other != m:

@@ -231,3 +231,16 @@ def test_quantus_road_raises_on_cam_shaped_maps():
     except IndexError:
         return
     pytest.skip("this Quantus computes ROAD on (N, 1, H, W) maps: compare it with camscope's")
+
+
+def test_per_image_generators_make_noise_independent_of_batching(data):
+    model, x, maps, targets = data
+
+    def gens(ids):
+        return [torch.Generator().manual_seed(1000 + i) for i in ids]
+
+    whole = road(model, x, maps, targets, fractions=(0.3, 0.7), generator=gens(range(3)))
+    alone = road(model, x[1:2], maps[1:2], targets[1:2], fractions=(0.3, 0.7), generator=gens([1]))
+    assert torch.equal(whole.morf[1:2], alone.morf) and torch.equal(whole.lerf[1:2], alone.lerf)
+    clean = road(model, x, maps, targets, fractions=(0.3, 0.7), noise=0)
+    assert not torch.equal(whole.morf, clean.morf)  # the noise is there

@@ -206,6 +206,17 @@ def table_schema(methods: Sequence[str]) -> Any:
         ("increase", pa.bool_()),
         ("deletion_curve", pa.list_(f32)),
         ("insertion_curve", pa.list_(f32)),
+        ("road_morf", f32),
+        ("road_lerf", f32),
+        ("road_combined", f32),
+        ("road_morf_curve", pa.list_(f32)),
+        ("road_lerf_curve", pa.list_(f32)),
+        ("sparseness", f32),
+        ("entropy", f32),
+        ("pointing_game", f32),
+        ("energy_pointing_game", f32),
+        ("relevance_mass", f32),
+        ("relevance_rank", f32),
     ]
     for prefix in PAIR_PREFIXES:
         fields += [(f"{prefix}{m}", f32) for m in methods]

@@ -125,19 +125,43 @@ def _system(removed: np.ndarray) -> tuple[object, np.ndarray, list[np.ndarray]]:
     return a, unknown, known
 
 
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _noise(mask: np.ndarray, channels: int, generator: Generators) -> torch.Tensor:
+    """N(0, 1) for every removed pixel (flat order) and channel, (U, C) float64.
+
+    A sequence of generators gives each image its own (drawn from ``generator[b]``), so an
+    image's noise does not depend on which images share its batch.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(int(mask.sum()), channels, generator=generator, dtype=torch.float64)
+    if len(generator) != len(mask):
+        raise ValueError(f"{len(generator)} generators for {len(mask)} images")
+    counts = mask.reshape(len(mask), -1).sum(axis=1)
+    # one draw per image from its own generator: a loop over images, not pixels
+    return torch.cat(
+        [
+            torch.randn(int(c), channels, generator=g, dtype=torch.float64)
+            for c, g in zip(counts, generator, strict=True)
+        ]
+    )
+
+
 def noisy_linear_impute(
     images: torch.Tensor,
     removed: torch.Tensor,
     *,
     noise: float = ROAD_NOISE,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """ROAD's noisy linear imputation of the ``removed`` pixels of a batch, (B, C, H, W).
 
     For every removed pixel ``p``: ``sum_q w_q (v_p - v_q) = 0`` over its in-image neighbours
     ``q`` (`NEIGHBOUR_WEIGHTS`), with ``v_q`` the image's value where ``q`` is kept and the
     unknown where it is removed; solved in float64 (one sparse LU for the whole batch and all
-    channels), then ``noise * N(0, 1)`` added to each imputed value (``generator`` seeds it).
+    channels), then ``noise * N(0, 1)`` added to each imputed value (``generator`` seeds it:
+    one generator, or one per image).
     A mask that removes every pixel of an image has no solution: ValueError.
     """
     from scipy.sparse.linalg import splu
@@ -161,7 +185,7 @@ def noisy_linear_impute(
             rhs[eq] += weight * values[nb]  # eq unique within one offset
         solved = torch.from_numpy(splu(a).solve(rhs))
         if noise:
-            solved += noise * torch.randn(solved.shape, generator=generator, dtype=torch.float64)
+            solved += noise * _noise(mask, ch, generator)
         flat[torch.from_numpy(unknown)] = solved
     filled = flat.view(b, h, w, ch).permute(0, 3, 1, 2)
     return filled.contiguous().to(device=images.device, dtype=images.dtype)
@@ -174,13 +198,15 @@ def road_inputs(
     fractions: Sequence[float] = ROAD_FRACTIONS,
     most_relevant_first: bool = True,
     noise: float = ROAD_NOISE,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """The imputed images of every (image, fraction), (N, F, C, H, W)."""
     n, c, h, w = inputs.shape
     removed = removal_masks(maps, fractions, most_relevant_first=most_relevant_first)
     f = removed.shape[1]
     repeated = inputs[:, None].expand(n, f, c, h, w).reshape(n * f, c, h, w)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        generator = [g for g in generator for _ in range(f)]  # image i's rows draw from its own
     out = noisy_linear_impute(
         repeated, removed.reshape(n * f, h, w), noise=noise, generator=generator
     )
@@ -197,7 +223,7 @@ def road_curve(
     fractions: Sequence[float] = ROAD_FRACTIONS,
     noise: float = ROAD_NOISE,
     batch_size: int = 64,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """``p_c`` of each image after ROAD removal of each fraction, (N, F) float32.
 
@@ -216,7 +242,7 @@ def road_curve(
             fractions=fractions,
             most_relevant_first=most_relevant_first,
             noise=noise,
-            generator=generator,
+            generator=_slice(generator, sl),
         ).flatten(0, 1)
         tg = targets[sl].repeat_interleave(f)
         probs = _chunked_probs(
@@ -228,6 +254,12 @@ def road_curve(
         )
         out[start * f : sl.stop * f] = probs
     return out.view(n, f)
+
+
+def _slice(generator: Generators, sl: slice) -> Generators:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return list(generator)[sl]
 
 
 @dataclass
@@ -263,9 +295,14 @@ def road(
     fractions: Sequence[float] = ROAD_FRACTIONS,
     noise: float = ROAD_NOISE,
     batch_size: int = 64,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> ROAD:
-    """ROAD MoRF and LeRF at every fraction (Rong et al., ICML 2022); 2 N F forward passes."""
+    """ROAD MoRF and LeRF at every fraction (Rong et al., ICML 2022); 2 N F forward passes.
+
+    ``generator``: one for the batch, or one per image (then each image's noise is its own,
+    whatever the batch: pass generators seeded per image for results that do not depend on
+    batching).
+    """
     kw = {
         "fractions": fractions,
         "noise": noise,

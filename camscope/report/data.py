@@ -122,6 +122,12 @@ _AUC = (
     "dataset mean / restored into a blurred copy, {steps} steps, trapezoid area on [0, 1] "
     "(Petsiuk et al., BMVC 2018, arXiv:1806.07421)."
 )
+_ROAD = (
+    "ROAD MoRF / LeRF: mean probability after the 10 %, 20 %, ..., 90 % most / least relevant "
+    "pixels are removed and filled by noisy linear imputation (each the mean of its neighbours "
+    "plus noise), so the shape of the hole does not leak the class (Rong et al., ICML 2022, "
+    "arXiv:2202.00449)."
+)
 
 #: Every per-image metric of the results table, in report order (one declaration each).
 METRICS: tuple[MetricSpec, ...] = (
@@ -129,6 +135,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("increase", "Increase in Confidence", "%", 100.0, True, 1, interval="wilson"),
     MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3, definition=_AUC),
     MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
+    MetricSpec("road_morf", "ROAD MoRF", "", 1.0, False, 3, definition=_ROAD),
+    MetricSpec("road_lerf", "ROAD LeRF", "", 1.0, True, 3),
 )
 
 #: Per-image columns (shared by every method of an image) kept for captions and prose.

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from camscope.io import DEFAULT_MAX_PIXELS
-from camscope.metrics import DEFAULT_STEPS
+from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
 from camscope.models import (
     LoadedModel,
     ModelError,
@@ -209,6 +209,14 @@ class RunConfig:
         "--labels",
         kind="file",
     )
+    boxes: str | None = _opt(
+        None,
+        "Ground-truth boxes for the localisation metrics (pointing game, energy game, relevance "
+        "mass and rank): a CSV (file, x0, y0, x1, y1[, class]), a Pascal VOC .xml or folder of "
+        "them, or a COCO .json; boxes are in the original image's pixels. Images without boxes "
+        "are left out of these metrics.",
+        "--boxes",
+    )
     steps: int = _opt(
         DEFAULT_STEPS,
         "Deletion/insertion steps (with --metrics).",
@@ -267,6 +275,8 @@ class RunConfig:
             i, n = self.shard
             if not (n >= 1 and 0 <= i < n):
                 raise UsageError(f"--shard {i}/{n}: need 0 <= I < N (e.g. 0/4 .. 3/4)")
+        if self.boxes is not None:
+            check_boxes(self.boxes)
         if self.weights is not None and self.random_weights:
             raise UsageError("--weights and --random-weights exclude each other")
 
@@ -421,6 +431,26 @@ def check_labels(labels: str | None) -> None:
         raise UsageError(f"--labels {labels}: cannot read labels ({cause})") from exc
 
 
+def check_boxes(boxes: str) -> None:
+    """Read the --boxes file once (UsageError, one line, when it cannot be read)."""
+    from camscope.io.boxes import BoxError, load_boxes
+
+    try:
+        load_boxes(boxes)
+    except (BoxError, OSError) as exc:
+        raise UsageError(f"--boxes {exc}") from None
+
+
+def _boxes_identity(boxes: str) -> str:
+    """sha256 of the --boxes file (or of a folder's .xml files, by name and content)."""
+    path = Path(boxes)
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.xml")) if path.is_dir() else [path]
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return f"sha256:{digest.hexdigest()[:32]}"
+
+
 def _check_out_dir(out: Path) -> None:
     """The run folder can be created and written; creates nothing (a probe file is removed)."""
     probe = out
@@ -493,7 +523,7 @@ def _weights_identity(config: RunConfig, loaded: LoadedModel) -> str:
 
 def _settings(ctx: RunContext) -> dict[str, Any]:
     c, m = ctx.config, ctx.loaded
-    return {
+    out = {
         "model": m.name,
         "weights": _weights_identity(c, m),
         "layer": ctx.layer,
@@ -507,6 +537,11 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
         "steps": c.steps if c.metrics else None,
         "save_maps": c.save_maps,
     }
+    if c.metrics:  # ROAD's fractions and noise change the per-image numbers
+        out["road"] = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE}
+    if c.boxes:
+        out["boxes"] = _boxes_identity(c.boxes)
+    return out
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -540,7 +575,7 @@ def _resolve_methods(config: RunConfig) -> tuple[list[str], dict[str, dict[str, 
 
 #: run.json keys that `config_record` writes besides ``settings`` (read back by
 #: `config_from_record`).
-_RECORDED = ("weights_file", "weights_tag", "batch_size", "shard", "argv")
+_RECORDED = ("weights_file", "weights_tag", "batch_size", "shard", "argv", "boxes_file")
 
 
 def config_record(ctx: RunContext) -> dict[str, Any]:
@@ -558,6 +593,7 @@ def config_record(ctx: RunContext) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "shard": list(cfg.shard) if cfg.shard else None,
         "argv": list(cfg.argv) if cfg.argv is not None else None,
+        "boxes_file": cfg.boxes,
     }
 
 
@@ -582,6 +618,8 @@ def config_from_record(run: dict[str, Any], **given: Any) -> RunConfig:
     }
     if s.get("steps") is not None:
         recorded["steps"] = s["steps"]
+    if s.get("boxes") and run.get("boxes_file"):
+        recorded["boxes"] = run["boxes_file"]
     return RunConfig(**{**recorded, **given})
 
 

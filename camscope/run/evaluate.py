@@ -22,6 +22,7 @@ import torch
 
 from camscope.io import iter_images, runfolder
 from camscope.methods import normalise_maps
+from camscope.run.collect import WorkItem
 from camscope.run.config import RunContext, UsageError, check_labels, config_from_record, prepare
 from camscope.run.explainer import BatchExplainer
 from camscope.run.finalize import finalize
@@ -30,7 +31,7 @@ from camscope.run.writer import session_prefix
 __all__ = ["Evaluated", "evaluate_folder"]
 
 log = logging.getLogger("camscope")
-_FREE = ("metrics", "steps")
+_FREE = ("metrics", "steps", "road")
 
 
 @dataclass
@@ -91,7 +92,13 @@ def _measure(
             continue
         idx = torch.tensor([k for k, _ in pick], device=ctx.device)
         rows_m = [r for _, r in pick]
-        measured = explainer.metrics(x[idx], {m: _maps(ctx, rows_m)}, targets[idx])[m]
+        maps = {m: _maps(ctx, rows_m)}
+        keys = [r["key"] for r in rows_m]
+        measured = explainer.metrics(x[idx], maps, targets[idx], keys=keys)[m]
+        items = [
+            WorkItem(Path(runfolder.unescape_path(r["file"])), r["name"], r["key"]) for r in rows_m
+        ]
+        measured.update(explainer.per_map(items, maps)[m])  # complexity, localisation
         for j, row in enumerate(rows_m):
             new = {**row, "settings_hash": ctx.settings_hash}
             for key, value in measured.items():

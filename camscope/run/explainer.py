@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +29,20 @@ import torch
 
 from camscope.engine import InferenceEngine
 from camscope.io import LoadedImage
+from camscope.io.boxes import box_masks, find_boxes, load_boxes
 from camscope.metrics import (
+    ROAD_FRACTIONS,
+    energy_pointing_game,
+    entropy,
     faithfulness,
     load_labels,
     lookup_label,
     pearson,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+    road,
+    sparseness,
     target_probabilities,
     top_iou,
     truth_from_filename,
@@ -94,6 +104,9 @@ class BatchExplainer:
         self.counters: dict[str, dict[str, float]] = {m: {} for m in ctx.methods}
         labels = ctx.config.labels
         self.labels = load_labels(labels) if labels else None
+        boxes = getattr(ctx.config, "boxes", None)
+        self.boxes = load_boxes(boxes) if boxes else None
+        self._said_no_boxes = False
 
     def close(self) -> None:
         """Release the methods (their engines and graphs) and the metrics engine."""
@@ -150,14 +163,25 @@ class BatchExplainer:
         return results, failed
 
     def metrics(
-        self, x: torch.Tensor, maps: dict[str, torch.Tensor], targets: torch.Tensor
+        self,
+        x: torch.Tensor,
+        maps: dict[str, torch.Tensor],
+        targets: torch.Tensor,
+        keys: list[str] | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """Faithfulness of each method's (B, H, W) maps of ``x`` (empty without --metrics)."""
+        """Faithfulness of each method's (B, H, W) maps of ``x`` (empty without --metrics).
+
+        ``keys`` (the images' content keys) seed each image's ROAD noise, so its values do not
+        depend on the batch it was in; every method of an image gets the same noise.
+        """
         if self.engine is None or not maps:
             return {}
         start = time.perf_counter()
         cfg, loaded = self.ctx.config, self.ctx.loaded
-        self.engine.prepare(x, expected_passes=len(x) * (2 * cfg.steps + 2) * len(maps))
+        road_passes = 2 * len(ROAD_FRACTIONS)
+        passes = len(x) * (2 * cfg.steps + 2 + road_passes) * len(maps)
+        self.engine.prepare(x, expected_passes=passes)
+        seeds = [int(k[:15], 16) for k in keys] if keys else list(range(len(x)))
         base = target_probabilities(self.engine, x, targets, batch_size=METRICS_BATCH)
         out = {}
         for method, m in maps.items():
@@ -181,6 +205,7 @@ class BatchExplainer:
                 "insertion_auc": f.insertion_auc,
                 "deletion_curve": f.deletion_curve,
                 "insertion_curve": f.insertion_curve,
+                **_road_columns(self.engine, x, m, targets, seeds),
             }
         self.seconds["metrics"] += time.perf_counter() - start
         return out
@@ -209,16 +234,62 @@ class BatchExplainer:
         first = next(iter(results.values()))
         targets = first.targets
         maps = {m: r.maps.float() for m, r in results.items()}
-        per_method = self.metrics(x, maps, targets)
+        per_method = self.metrics(x, maps, targets, keys=[it.key for it in items])
         agree = self._agreement(maps)
+        per_map = self.per_map(items, maps)
         probs = first.logits.float().softmax(dim=1)
         top = tuple(t.cpu() for t in probs.topk(5, dim=1))
         for method, result in results.items():
-            extra = {**per_method.get(method, {}), **agree[method]}
+            extra = {**per_method.get(method, {}), **agree[method], **per_map[method]}
             out.rows.extend(
                 self._method_rows(items, method, result, maps[method], targets, top, extra)
             )
             out.maps[method] = maps[method].detach().cpu().numpy().astype(np.float32, copy=False)
+        return out
+
+    def _regions(self, items: list[WorkItem], size: tuple[int, int]) -> torch.Tensor | None:
+        """(B, H, W) bool ground truth from --boxes (all False without boxes), or None."""
+        if self.boxes is None:
+            return None
+        found = [find_boxes(self.boxes, item.path) for item in items]
+        missing = [
+            it.file for it, f in zip(items, found, strict=True) if f is None or not len(f.boxes)
+        ]
+        if missing and not self._said_no_boxes:
+            self._said_no_boxes = True
+            log.warning(
+                "%s",
+                f"--boxes: no boxes for some images (first: {missing[0]}); they are left out of "
+                "the localisation metrics",
+            )
+        sizes = [
+            f.size if f is not None and f.size else _image_size(it.path)
+            for it, f in zip(items, found, strict=True)
+        ]
+        masks = box_masks([f.boxes if f is not None else None for f in found], sizes, size)
+        return torch.from_numpy(masks)
+
+    def per_map(
+        self, items: list[WorkItem], maps: dict[str, torch.Tensor]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Complexity of every map, and localisation against --boxes when given (no forwards).
+
+        ``items`` are the maps' images (their paths find their boxes).
+        """
+        first = next(iter(maps.values()))
+        regions = self._regions(items, tuple(first.shape[-2:]))
+        out = {}
+        for method, m in maps.items():
+            cols = {"sparseness": sparseness(m), "entropy": entropy(m)}
+            if regions is not None:
+                r = regions.to(m.device)
+                cols.update(
+                    pointing_game=pointing_game(m, r),
+                    energy_pointing_game=energy_pointing_game(m, r),
+                    relevance_mass=relevance_mass(m, r),
+                    relevance_rank=relevance_rank(m, r),
+                )
+            out[method] = cols
         return out
 
     def _no_truth_rows(self, items: list[WorkItem], keep: list[int]) -> list[dict]:
@@ -286,7 +357,37 @@ class BatchExplainer:
 
 
 def _cell(value: torch.Tensor) -> Any:
-    """A table cell from one image's CPU tensor: a list, a bool or a float."""
+    """A table cell from one image's CPU tensor: a list, a bool or a float (NaN: null)."""
     if value.dim():
         return value.tolist()
-    return bool(value) if value.dtype == torch.bool else float(value)
+    if value.dtype == torch.bool:
+        return bool(value)
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _road_columns(
+    engine: InferenceEngine,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    seeds: list[int],
+) -> dict[str, torch.Tensor]:
+    """ROAD (Rong et al. 2022) at the paper's fractions; each image's noise seeded by ``seeds``."""
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    r = road(engine, x, maps, targets, batch_size=METRICS_BATCH, generator=generators)
+    return {
+        "road_morf": r.morf_mean,
+        "road_lerf": r.lerf_mean,
+        "road_combined": r.combined,
+        "road_morf_curve": r.morf,
+        "road_lerf_curve": r.lerf,
+    }
+
+
+def _image_size(path: Any) -> tuple[int, int]:
+    """(width, height) of an image file from its header (boxes are in its pixels)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return int(im.size[0]), int(im.size[1])

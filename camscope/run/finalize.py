@@ -98,6 +98,15 @@ METRIC_CSV = (
     "increase",
     "deletion_auc",
     "insertion_auc",
+    "road_morf",
+    "road_lerf",
+    "road_combined",
+    "sparseness",
+    "entropy",
+    "pointing_game",
+    "energy_pointing_game",
+    "relevance_mass",
+    "relevance_rank",
 )
 
 
