@@ -451,20 +451,28 @@ def test_a_declared_metric_appears_everywhere_without_report_code(monkeypatch):
 
     from camscope.report.data import MetricSpec
 
-    extra = MetricSpec("sparseness", "Sparseness (Gini)", "", 1.0, True, 3,
+    extra = MetricSpec("sparseness", "Sparseness (Gini)", "", 1.0, True, 3, family="sparse",
                        definition="Sparseness: the Gini index of the map's values.")  # fmt: skip
+    setting = MetricSpec("sparseness_b", "Sparseness (Hoyer)", "", 1.0, True, 3, family="sparse")
     for name, module in list(sys.modules.items()):
         if name.startswith("camscope.report") and hasattr(module, "METRICS"):
-            monkeypatch.setattr(module, "METRICS", (*METRICS, extra))
+            monkeypatch.setattr(module, "METRICS", (*METRICS, extra, setting))
     rng = np.random.default_rng(2)
     n = 40
     s = _metric_scalars({
         m: {"deletion_auc": rng.uniform(0.1, 0.3, n) + d,
-            "sparseness": rng.uniform(0.2, 0.4, n) + d}
+            "sparseness": rng.uniform(0.2, 0.4, n) + d, "sparseness_b": np.full(n, np.nan)}
         for m, d in (("gradcam", 0.0), ("scorecam", 0.3))
     })  # fmt: skip
     summary, doc = _document(s)
     assert [m.key for m in summary.measured] == ["deletion_auc", "sparseness"]
+    # a second setting of the same metric: its agreement is reported apart
+    s.values["gradcam"]["sparseness_b"] = s.values["gradcam"]["sparseness"] + 0.01
+    s.values["scorecam"]["sparseness_b"] = s.values["scorecam"]["sparseness"] - 0.02
+    _, with_setting = _document(s)
+    taus = {f.kind: f.text for f in _findings(with_setting, "robustness")}
+    assert "between two settings of one metric' orders" in taus["tau_settings"]
+    assert "over 1 pairs" in taus["tau_settings"] and "over 2 pairs" in taus["tau"]
     table = doc.section("summary").blocks[0]
     assert any(h.startswith("Sparseness (Gini), higher is better") for h in table.header)
     matrices = [b for b in doc.section("rankings").blocks if b.kind == "matrix"]

@@ -80,7 +80,10 @@ class MetricSpec:
     tie: means closer than this (raw units; half a unit of the last shown digit) are reported
     as tied. definition: one sentence for the report's definitions (``{steps}`` is replaced by
     the run's step count). ranked: whether a better value means a better explanation (ranked,
-    compared and part of the robustness analysis) or only describes the maps.
+    compared and part of the robustness analysis) or only describes the maps. family: metrics
+    that share a family are settings of one metric (e.g. ROAD most- and least-relevant first,
+    deletion with a mean or a blurred baseline); the robustness analysis reports agreement
+    between settings apart from agreement between metrics (default: the key, its own family).
     """
 
     key: str
@@ -94,6 +97,12 @@ class MetricSpec:
     tie: float = 5e-4
     definition: str = ""
     ranked: bool = True
+    family: str = ""
+
+    @property
+    def group(self) -> str:
+        """The family, or the key when none is declared."""
+        return self.family or self.key
 
     def fmt(self, value: float) -> str:
         """Value in display units (``scale`` applied), ``digits`` decimals and the unit."""

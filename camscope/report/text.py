@@ -209,21 +209,33 @@ def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Fin
     return out
 
 
-def _tau_summary(summary: Summary, ranked: list[MetricSpec]) -> Finding | None:
-    taus = [iv for iv in summary.metric_agreement.values() if math.isfinite(iv.mean)]
-    if not taus:
-        return None
+def _tau_sentence(taus: list[Interval], what: str, min_n: int) -> str:
     means = np.array([iv.mean for iv in taus])
     above = sum(iv.low > 0 for iv in taus if math.isfinite(iv.low))
     below = sum(iv.high < 0 for iv in taus if math.isfinite(iv.high))
-    text = (f"Kendall τ-b between two metrics' orders of the methods: from {num(means.min(), 2)} "
-            f"to {num(means.max(), 2)} (median {num(float(np.median(means)), 2)}) over "
-            f"{len(taus)} pairs of metrics; {above} with an interval above 0 (the orders agree "
-            f"beyond chance), {below} below 0 (reversed), {len(taus) - above - below} "
-            "undecided.")  # fmt: skip
+    text = (f"Kendall τ-b between two {what}' orders of the methods: from "
+            f"{num(means.min(), 2)} to {num(means.max(), 2)} (median "
+            f"{num(float(np.median(means)), 2)}) over {len(taus)} pairs; {above} with an interval "
+            f"above 0 (the orders agree beyond chance), {below} below 0 (reversed), "
+            f"{len(taus) - above - below} undecided.")  # fmt: skip
     if not all(iv.meaningful for iv in taus):
-        text += f" With fewer than {summary.min_n} images these intervals are not meaningful."
-    return Finding("tau", text)
+        text += f" With fewer than {min_n} images these intervals are not meaningful."
+    return text
+
+
+def _tau_summary(summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
+    """One sentence over pairs of metrics, one over pairs of settings of the same metric."""
+    group = {m.key: m.group for m in ranked}
+    taus = {k: iv for k, iv in summary.metric_agreement.items() if math.isfinite(iv.mean)}
+    across = [iv for (a, b), iv in taus.items() if group.get(a) != group.get(b)]
+    within = [iv for (a, b), iv in taus.items() if group.get(a) == group.get(b)]
+    out = []
+    if across:
+        out.append(Finding("tau", _tau_sentence(across, "metrics", summary.min_n)))
+    if within:
+        out.append(Finding("tau_settings", _tau_sentence(within, "settings of one metric",
+                                                         summary.min_n)))  # fmt: skip
+    return out
 
 
 def robustness(s: Scalars, summary: Summary) -> list[Paragraph | Table]:
@@ -241,8 +253,7 @@ def robustness(s: Scalars, summary: Summary) -> list[Paragraph | Table]:
     if len(findings) == 1:
         findings.append(Finding("consistent", "No two metrics order any two methods "
                                 "significantly oppositely."))  # fmt: skip
-    tau = _tau_summary(summary, ranked)
-    findings += [tau] if tau else []
+    findings += _tau_summary(summary, ranked)
     text = f"Across {len(ranked)} metrics and {len(s.methods)} methods:"
     return [Paragraph(text, findings=findings), _tau_table(summary, ranked)]
 
