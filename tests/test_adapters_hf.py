@@ -177,3 +177,22 @@ def test_import_camscope_does_not_import_transformers():
     env = {"PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_layer_without_gradient_is_refused_not_drawn(tmp_path, vit_folder):
+    from camscope.methods.base import NoGradientError
+
+    model = build("vit")
+    with pytest.raises(NoGradientError, match="exactly zero"):
+        GradCAM(model, target_layers="vit.layers.1").explain(_inputs("vit"), targets=[0, 1])
+    make_images(tmp_path / "in", 2)
+    base = ["run", str(tmp_path / "in"), "--model", str(vit_folder), "--layer", "vit.layers.1"]
+    base += ["--sanity-images", "0"]
+    refused = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "a"), "-m", "gradcam"])
+    assert refused.exit_code == 2, refused.output
+    errors = [ln for ln in refused.output.splitlines() if "error" in ln]
+    assert len(errors) == 1 and "exactly zero" in errors[0]
+    assert not (tmp_path / "a").exists()  # a usage error leaves nothing
+    # EigenCAM reads the activations only: nothing depends on a target, so it runs
+    eigen = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b"), "-m", "eigencam"])
+    assert eigen.exit_code == 0, eigen.output

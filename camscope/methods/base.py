@@ -58,6 +58,7 @@ __all__ = [
     "BaseCAM",
     "CAMContext",
     "CAMResult",
+    "NoGradientError",
     "eval_mode",
     "first_component",
     "normalise_maps",
@@ -73,6 +74,10 @@ AUGMENTATIONS = ((False, 0.9), (False, 1.0), (False, 1.1), (True, 0.9), (True, 1
 #: solver returns, float32 NumPy/LAPACK as its ``get_2d_projection``) or camscope's (positive
 #: correlation with the channel mean).
 EIGEN_SIGNS = ("pytorch-grad-cam", "mean")
+
+
+class NoGradientError(LayerError):
+    """The target does not depend on the layer: its gradient there is exactly zero (one line)."""
 
 
 @dataclass
@@ -518,7 +523,15 @@ class BaseCAM:
             with torch.enable_grad():
                 out = self.adapt(ctx.runner.classify(leaf, ctx.cache))
                 score = ctx.targets.scores(out).sum()
-                (grads,) = torch.autograd.grad(score, leaf)
+                (grads,) = torch.autograd.grad(score, leaf, allow_unused=True)
+            grads = torch.zeros_like(leaf) if grads is None else grads
+            if not bool(ctx.view.to_map(grads).any()):  # the map's positions, not CLS tokens
+                raise NoGradientError(
+                    f"layer {ctx.layer}: the target's gradient there is exactly zero for every "
+                    f"image, so {type(self).__name__} would draw an empty map; the target does "
+                    "not depend on this layer's output (a ViT's last block: its patch tokens "
+                    "never reach the class token) - choose an earlier layer"
+                )
             ctx.grads = ctx.view.to_map(grads)
         return ctx.grads
 

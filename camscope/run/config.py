@@ -481,6 +481,25 @@ def _load(config: RunConfig, device: torch.device) -> LoadedModel:
     )
 
 
+def _check_gradient(loaded: LoadedModel, layer: str, device: torch.device, target: Any) -> None:
+    """Refuse a layer the target does not depend on (its gradient is exactly zero there).
+
+    One Grad-CAM pass on a seeded noise image: a ViT's last block, say, gets no gradient for
+    any input, so the run would only draw empty maps.
+    """
+    from camscope.methods import GradCAM
+    from camscope.methods.base import NoGradientError
+
+    noise = torch.randn(1, 3, *loaded.input_size, generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
+    try:
+        with GradCAM(loaded.model, layer) as cam:
+            cam.explain(noise, targets=target if isinstance(target, int) else None)
+    except NoGradientError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _check_layer(loaded: LoadedModel, layer: str, device: torch.device) -> None:
     """One dry forward pass: the layer must give a spatial map (more than one position)."""
     from camscope import models
@@ -657,11 +676,16 @@ def prepare(
     _check_layer(loaded, layer, device)
     if device.type != "cuda" and any(o.get("precision") == "fp16" for o in options.values()):
         raise UsageError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    target_free = True  # EigenCAM reads activations only: no target to depend on the layer
     for name in methods:  # options are checked by the method's own constructor
         try:
-            _methods.build(name, loaded.model, layer, options[name]).close()
+            cam = _methods.build(name, loaded.model, layer, options[name])
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{name}: {' '.join(str(exc).split())}") from exc
+        target_free &= bool(getattr(cam, "always_eigen", False)) and not cam.uses_gradients
+        cam.close()
+    if not target_free:
+        _check_gradient(loaded, layer, device, target)
     ctx = RunContext(config, loaded, device, layer, methods, options, target, {}, "")
     ctx.settings = _settings(ctx)
     ctx.settings_hash = settings_hash(ctx.settings)
