@@ -115,7 +115,66 @@ PGC_EQUIVALENTS = {
     "ablationcam": ("AblationCAM", {"ablation_value": "pytorch-grad-cam"}),
     "scorecam": ("ScoreCAM", {"variant": "pytorch-grad-cam"}),
     "random": ("RandomCAM", {}),
+    # the methods pytorch-grad-cam 1.5.7 has beyond these (issue 16): see `pgc_map`
+    "shapleycam": ("ShapleyCAM", {}),
+    "finercam": ("FinerCAM", {}),
+    "fem": ("FEM", {}),
+    "kpcacam": ("KPCA_CAM", {}),
+    "segeigencam": ("SegEigenCAM", {}),
+    "refinecam": ("RefineCAM", {}),
+    "sess": ("SESS", {}),
+    "guidedbackprop": ("GuidedBackpropReLUModel", {}),
+    "guidedgradcam": ("GuidedBackpropReLUModel", {}),
 }
+#: the layers RefineCAM multiplies (pytorch-grad-cam's README uses several stages)
+REFINE_LAYERS = {
+    "resnet": ["layer2", "layer3", "layer4[-1]"],
+    "efficientnet_lite0": ["blocks.3", "blocks.5", "bn2"],
+}
+
+
+def method_layers(model_name: str, name: str, layer_name: str) -> list[str]:
+    """The layers a method runs on in the benchmark (RefineCAM: several)."""
+    if name != "refinecam":
+        return [layer_name]
+    key = "resnet" if model_name.startswith("resnet") else model_name
+    return REFINE_LAYERS.get(key, [layer_name])
+
+
+def pgc_map(pgc, target_cls, name, model, modules, x, target):
+    """A function computing pytorch-grad-cam's (H, W) map of ``name`` the way its docs call it.
+
+    FinerCAM: ``targets=None`` (pytorch-grad-cam compares only then; the target is the top-1
+    class here anyway). Guided back-propagation: its ``GuidedBackpropReLUModel`` on a copy of
+    the model (it swaps the ReLU modules), reduced to one channel as camscope does (max |.| over
+    colour channels); Guided Grad-CAM: its README's ``cam_mask * gb``, reduced the same way.
+    """
+    import copy
+
+    cls_name = PGC_EQUIVALENTS[name][0]
+    if name in ("guidedbackprop", "guidedgradcam"):
+        guided = pgc.GuidedBackpropReLUModel(copy.deepcopy(model), x.device)
+
+        def theirs():
+            gb = guided(x.clone(), target)
+            if name == "guidedgradcam":
+                with pgc.GradCAM(model=model, target_layers=modules) as cam:
+                    gb = cam(input_tensor=x, targets=[target_cls(target)])[0][..., None] * gb
+            return np.abs(gb).max(axis=-1)
+
+        return theirs
+    targets = None if name == "finercam" else [target_cls(target)]
+
+    def theirs():
+        cam = getattr(pgc, cls_name)(model=model, target_layers=modules)
+        out = cam(input_tensor=x, targets=targets)[0]
+        if hasattr(cam, "__exit__"):  # its RefineCAM has no context manager
+            cam.__exit__(None, None, None)
+        return out
+
+    return theirs
+
+
 #: methods whose pytorch-grad-cam run takes minutes on a CPU: timed once, without warm-up
 SLOW = {"ablationcam", "scorecam"}
 
@@ -192,14 +251,13 @@ def gradient_ratio(args, model, module, layer_name, x, target, device) -> list[d
 
 def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, target, device,
                 gradcam, size) -> dict:  # fmt: skip
-    cls_name, options = PGC_EQUIVALENTS[name]
+    options = PGC_EQUIVALENTS[name][1]
     gradient = METHODS[name].family == "gradient"
+    layers = method_layers(args.model, name, layer_name)
+    modules = [module] if layers == [layer_name] else [resolve_layer(model, n)[1] for n in layers]
+    theirs = pgc_map(pgc, target_cls, name, model, modules, x, target)
 
-    def theirs():
-        with getattr(pgc, cls_name)(model=model, target_layers=[module]) as cam:
-            return cam(input_tensor=x, targets=[target_cls(target)])[0]
-
-    with build_cam(name, model, layer_name, **options) as cam:
+    with build_cam(name, model, layers, **options) as cam:
         ours = lambda: cam.explain(x, target)  # noqa: E731
         if name in SLOW:
             ((ours_s, res),) = timed_interleaved([ours], device, 1)
@@ -211,9 +269,12 @@ def _family_row(args, pgc, target_cls, name, model, module, layer_name, x, targe
             timings = timed_interleaved(fns, device, args.repeats)
             (ours_s, res), (theirs_s, their_map) = timings[:2]
             gradcam_s = timings[2][0] if gradient else None
-    r = pearson(pgc_postprocess(res.raw, size)[0], their_map)
+    if name == "refinecam":  # a product of maps: compare the final maps
+        r = pearson(res.maps[0].cpu().numpy(), their_map)
+    else:
+        r = pearson(pgc_postprocess(res.raw, size)[0], their_map)
     return {
-        "model": args.model, "layer": layer_name, "method": name,
+        "model": args.model, "layer": ",".join(layers), "method": name,
         "family": METHODS[name].family, "camscope_s": ours_s, "pgc_s": theirs_s,
         "ratio_camscope_over_pgc": ours_s / theirs_s,
         "gradcam_s": gradcam_s,

@@ -53,8 +53,6 @@ class FEM(BaseCAM):
         torch.Size([1, 64, 64])
     """
 
-    uses_split = False
-
     def __init__(
         self,
         model: torch.nn.Module,

@@ -245,8 +245,6 @@ class KPCA_CAM(BaseCAM):  # noqa: N801 - pytorch-grad-cam's name
         torch.Size([1, 64, 64])
     """
 
-    uses_split = False
-
     def __init__(
         self,
         model: torch.nn.Module,

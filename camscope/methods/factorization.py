@@ -73,8 +73,6 @@ class DeepFeatureFactorization(BaseCAM):
         ((512, 3), 2, (3, 64, 64))
     """
 
-    uses_split = False
-
     def __init__(
         self,
         model: nn.Module,
