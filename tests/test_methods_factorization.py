@@ -61,8 +61,7 @@ def test_dff_recovers_a_non_negative_low_rank_layer():
 
 def test_dff_is_not_a_class_map_and_keeps_the_models_mode():
     net = _make(TinyNet, 0, torch.float32).train()
-    with pytest.warns(UserWarning, match="training mode"):
-        factorization = DeepFeatureFactorization(net, "conv3")
+    factorization = DeepFeatureFactorization(net, "conv3")
     factorization(torch.randn(1, 3, 16, 16), n_components=2)
     assert net.training
     with pytest.raises(TypeError, match="not a class map"):
