@@ -20,19 +20,6 @@ from torch import nn
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 
-# Modules other work lands (issue 16 item 5 methods, pytorch-grad-cam's metrics): skipped, with
-# the reason, until they exist; once a module exists it is checked like the others.
-PENDING = {
-    "shapley_cam", "finer_cam", "fem", "kpca_cam", "seg_eigen_cam", "refine_cam", "sess",
-    "sobel_cam", "guided_backprop", "feature_factorization",
-    "feature_factorization.deep_feature_factorization", "metrics.road",
-    "metrics.cam_mult_image", "metrics.perturbation_confidence", "metrics.arcc",
-}  # fmt: skip
-PENDING_NAMES = {
-    "FinerCAM", "ShapleyCAM", "FEM", "KPCA_CAM", "GuidedBackpropReLUModel", "SegEigenCAM",
-    "RefineCAM", "SESS", "DeepFeatureFactorization", "run_dff_on_image",
-}  # fmt: skip
-
 
 def _modules() -> list[str]:
     names = [""]
@@ -56,13 +43,7 @@ def _public(module) -> dict[str, object]:
 
 
 def _ours(path: str):
-    name = "camscope" + (f".{path}" if path else "")
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        if path in PENDING:
-            pytest.skip(f"{name}: pending (issue 16 item 5 / the metrics work)")
-        raise
+    return importlib.import_module("camscope" + (f".{path}" if path else ""))
 
 
 def _accepts(theirs, ours) -> None:
@@ -93,11 +74,7 @@ def test_module_path_names_and_signatures(path):
             continue
         if inspect.isclass(value) or inspect.isfunction(value):
             _accepts(value, getattr(ours, name))
-    pending = [name for name in missing if name in PENDING_NAMES]
-    missing = [name for name in missing if name not in PENDING_NAMES]
     assert not missing, f"camscope.{path} lacks {missing}"
-    if pending:
-        pytest.skip(f"camscope.{path}: pending (issue 16 item 5): {', '.join(pending)}")
 
 
 def test_compat_classes_are_camscope_classes_not_copies():

@@ -266,3 +266,18 @@ def test_swin_with_reshape_transform_equals_pytorch_grad_cam(swin, name):
     theirs = run_theirs(getattr(pgc, name), swin, layers, x, targets, reshape=swin_reshape)
     ours = run_ours(getattr(camscope, name), swin, layers, x, targets, reshape=swin_reshape)
     assert_same_maps(ours, theirs)
+
+
+def test_deep_feature_factorization_equals_pytorch_grad_cam(model, x):
+    from pytorch_grad_cam import DeepFeatureFactorization as Theirs
+
+    head = model.fc
+    theirs = Theirs(model, model.layer4, computation_on_concepts=head)
+    their_concepts, their_maps, their_outputs = theirs(x, n_components=4)
+    theirs.activations_and_grads.release()
+    ours = camscope.DeepFeatureFactorization(model, model.layer4, computation_on_concepts=head)
+    concepts, maps, outputs = ours(x, n_components=4)
+    assert np.allclose(concepts, their_concepts, rtol=1e-4, atol=1e-4)
+    assert np.allclose(outputs, their_outputs, rtol=1e-4, atol=1e-3)
+    for mine, their in zip(maps, their_maps, strict=True):
+        assert_same_maps(mine, their)

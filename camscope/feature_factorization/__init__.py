@@ -1,0 +1,1 @@
+"""pytorch-grad-cam's package path ``feature_factorization`` (see `deep_feature_factorization`)."""
