@@ -54,9 +54,9 @@ def _rankings(ctx: ReportContext) -> list[Block]:
     if not ctx.scalars.has_metrics:
         return [Paragraph("Faithfulness was not measured (run without --metrics): no ranking.")]
     blocks: list[Block] = []
-    for spec in ctx.summary.measured:
-        rk = ctx.summary.rankings.get(spec.key)
-        if rk is None or not rk.order:
+    for spec in ctx.summary.ranked:  # metrics that only describe maps are not ranked
+        rk = ctx.summary.rankings[spec.key]
+        if not rk.order:
             continue
         blocks.append(ranking_paragraph(spec, rk, ctx.summary))
         if len(rk.order) > 1:
