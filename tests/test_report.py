@@ -499,3 +499,31 @@ def test_templates_are_package_data():
     files = [p.relative_to(root).as_posix() for p in (root / "templates").iterdir()]
     assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
     assert any(d.startswith("jinja2") for d in config["project"]["dependencies"])
+
+
+def test_a_descriptive_metric_is_summarised_not_ranked(monkeypatch):
+    import sys
+
+    from camscope.report.data import MetricSpec
+
+    entropy = MetricSpec("entropy", "Entropy", "", 1.0, False, 3, bounds=(0.0, 20.0), ranked=False)
+    for name, module in list(sys.modules.items()):
+        if name.startswith("camscope.report") and hasattr(module, "METRICS"):
+            monkeypatch.setattr(module, "METRICS", (*METRICS, entropy))
+    rng = np.random.default_rng(3)
+    s = _metric_scalars({
+        m: {"deletion_auc": rng.uniform(0.1, 0.3, 30) + d, "entropy": rng.uniform(5, 9, 30) - d}
+        for m, d in (("gradcam", 0.0), ("scorecam", 0.3))
+    })  # fmt: skip
+    summary, doc = _document(s)
+    assert [m.key for m in summary.ranked] == ["deletion_auc"]
+    assert any(h.startswith("Entropy") for h in doc.section("summary").blocks[0].header)
+    captions = [b.caption for b in doc.section("rankings").blocks if b.kind == "matrix"]
+    assert [c.split(":")[0] for c in captions] == ["Deletion AUC"]
+    assert "entropy" in _comparisons_csv_text(summary)
+
+
+def _comparisons_csv_text(summary) -> str:
+    from camscope.report import comparisons_csv
+
+    return comparisons_csv(summary)
