@@ -339,3 +339,16 @@ def test_ranking_agreement_between_metrics():
     means = [[np.mean(s[m]) for m in level] for s in (up, noisy)]
     assert tau.mean == pytest.approx(_tau_b_by_hand(*means))
     assert tau.low <= tau.mean <= tau.high and tau.high - tau.low > 0.5  # noisy: wide
+
+
+def test_corrected_intervals_stay_inside_the_range_of_a_difference():
+    rng = np.random.default_rng(6)
+    yes = {
+        m: rng.binomial(1, p, 12).astype(float) for m, p in (("a", 0.95), ("b", 0.1), ("c", 0.5))
+    }
+    c = M.compare_methods(yes, bounds=(0.0, 1.0))
+    free = M.compare_methods(yes)
+    assert any(d.low < -1 or d.high > 1 for d in free.pairs.values())  # unclipped: outside
+    for key, d in c.pairs.items():
+        assert -1.0 <= d.low <= d.mean <= d.high <= 1.0
+        assert d.significant == free.pairs[key].significant  # clipping never changes a verdict

@@ -527,3 +527,15 @@ def _comparisons_csv_text(summary) -> str:
     from camscope.report import comparisons_csv
 
     return comparisons_csv(summary)
+
+
+def test_matrix_cells_never_show_a_coloured_zero():
+    from camscope.report.text import comparison_matrix
+
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.2, 0.4, 30)
+    spec = next(s for s in METRICS if s.key == "deletion_auc")  # 3 digits
+    rk = M.rank_methods({"gradcam": base, "scorecam": base + 0.0003 + rng.normal(0, 1e-5, 30)},
+                        higher_is_better=False, tolerance=0.0, resamples=1000)  # fmt: skip
+    cell = comparison_matrix(spec, rk).rows[0][1]
+    assert cell.tone == "better" and cell.text.startswith("-0.0003 [")

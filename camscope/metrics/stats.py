@@ -371,6 +371,7 @@ def compare_methods(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     min_n: int = MIN_N,
+    bounds: tuple[float, float] | None = None,
 ) -> Comparisons:
     """All paired differences of the methods in ``samples`` with simultaneous intervals.
 
@@ -384,6 +385,8 @@ def compare_methods(
     (asymptotically; checked by simulation in the tests). A pair is significant when its
     interval excludes 0 and it has at least
     ``min_n`` images; a pair whose differences are all equal has the point interval [d, d].
+    ``bounds``: the range of the per-image values; corrected intervals are clipped to the range
+    of a difference, ``+-(high - low)`` (which never changes whether one excludes 0).
 
     Example:
         >>> c = compare_methods({"a": [0.5, 0.6, 0.7] * 4, "b": [0.4, 0.5, 0.6] * 4})
@@ -412,6 +415,9 @@ def compare_methods(
             p_adj = p_raw = float(m == 0)
         if f["varies"][p]:
             low, high = m - c * f["se"][p], m + c * f["se"][p]
+            if bounds is not None:
+                width = bounds[1] - bounds[0]
+                low, high = max(low, -width), min(high, width)
             p_adj = float((1 + np.sum(f["t_max"] >= f["t_obs"][p])) / (1 + f["t_max"].size))
             p_raw = _two_sided_p(f["boot"][:, p])
         sig = bool(k >= min_n and (low > 0 or high < 0))
@@ -531,13 +537,14 @@ def rank_methods(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     min_n: int = MIN_N,
+    bounds: tuple[float, float] | None = None,
 ) -> Ranking:
     """Rank methods by the mean of their per-image values (aligned arrays, NaN = no value).
 
     Ties first: methods whose means differ from the best by at most ``tolerance`` share first
     place and no best is named. Otherwise the best mean is named best only when its difference
     with every other method is significant in its favour after the multiple-comparison
-    correction of `compare_methods`.
+    correction of `compare_methods` (``bounds``: the values' range, passed on to it).
 
     Example:
         >>> r = rank_methods({"a": [1, 1, 0] * 4, "b": [0, 1, 1] * 4},
@@ -553,8 +560,9 @@ def rank_methods(
     order = sorted((m for m in arrays if math.isfinite(means[m])), key=lambda m: sign * means[m])
     tied = [m for m in order if abs(means[m] - means[order[0]]) <= tolerance] if order else []
     comparisons = compare_methods(
-        {m: arrays[m] for m in order}, confidence, resamples=resamples, seed=seed, min_n=min_n
-    )
+        {m: arrays[m] for m in order}, confidence, resamples=resamples, seed=seed, min_n=min_n,
+        bounds=bounds,
+    )  # fmt: skip
     pairs = comparisons.pairs
     ahead = [pairs[(order[0], o)] for o in order[1:]]
     leads = all(d.significant and (d.mean > 0) == higher_is_better for d in ahead)

@@ -321,7 +321,7 @@ def summarise(
         samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
         rankings[spec.key] = rank_methods(
             samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
-            resamples=resamples,
+            resamples=resamples, bounds=spec.bounds,
         )  # fmt: skip
     ranked = [spec for spec in measured if spec.ranked]
     metric_agreement = {}

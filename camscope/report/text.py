@@ -136,8 +136,13 @@ def _cell(spec: MetricSpec, a: str, b: str, rk: Ranking) -> MatrixCell:
     d = rk.comparisons.difference(a, b) if rk.comparisons else None
     if d is None or not math.isfinite(d.mean):
         return MatrixCell("n/a", "none")
-    k, digits = spec.scale, spec.digits
-    text = f"{num(d.mean * k, digits)} [{num(d.low * k, digits)}, {num(d.high * k, digits)}]"
+    values = [v * spec.scale for v in (d.mean, d.low, d.high)]
+    digits = spec.digits
+    while digits < spec.digits + 4 and any(
+        v != 0 and float(num(v, digits)) == 0 for v in values if math.isfinite(v)
+    ):
+        digits += 1  # a small difference is shown, never "0.000" beside a colour
+    text = f"{num(values[0], digits)} [{num(values[1], digits)}, {num(values[2], digits)}]"
     if not d.significant:
         tone = "ns"
     else:
