@@ -946,6 +946,8 @@ class LogitsModel(nn.Module):
             raise ModelError(
                 f"the model's logits are a {type(logits).__name__}, not a tensor; pass output="
             )
+        if isinstance(logits, torch.Tensor) and logits.dim() == 1:
+            return logits[:, None]  # a regression model's (N,) output: one output column
         return logits
 
     def train(self, mode: bool = True) -> LogitsModel:  # noqa: D102

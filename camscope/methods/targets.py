@@ -28,10 +28,13 @@ __all__ = [
     "ClassifierOutputTarget",
     "FasterRCNNBoxScoreTarget",
     "FinerWeightedTarget",
+    "NamedTarget",
     "RawScoresOutputTarget",
     "SemanticSegmentationTarget",
     "SoftmaxOutputTarget",
     "TargetSet",
+    "import_target",
+    "is_target_spec",
     "Targets",
     "output_adapter",
     "resolve_targets",
@@ -175,6 +178,55 @@ class FasterRCNNBoxScoreTarget:
         return output
 
 
+class NamedTarget:
+    """A callable target imported from ``module:function`` (the CLI's ``--target pkg.mod:fn``).
+
+    ``function(output_row) -> scalar`` like any pytorch-grad-cam target; ``str()`` is the spec,
+    so a run's settings (and their hash) name it, not its address in memory.
+    """
+
+    def __init__(self, spec: str, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.spec = spec
+        self.function = function
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.function(model_output)
+
+    def __str__(self) -> str:
+        return self.spec
+
+    __repr__ = __str__
+
+
+def is_target_spec(text: object) -> bool:
+    """True for a ``module:function`` spec (dotted names both sides of one colon)."""
+    import re
+
+    return isinstance(text, str) and bool(
+        re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", text.strip())
+    )
+
+
+def import_target(spec: str) -> NamedTarget:
+    """Import ``module:function`` (a dotted attribute path after the colon) as a target.
+
+    Raises:
+        ValueError: one line: the module or attribute is missing, or it is not callable.
+    """
+    import importlib
+
+    module_name, _, attr = spec.strip().partition(":")
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--target {spec}: cannot import it ({exc})") from None
+    if not callable(value):
+        raise ValueError(f"--target {spec}: {type(value).__name__} is not callable")
+    return NamedTarget(spec.strip(), value)
+
+
 @dataclass
 class TargetSet:
     """Resolved targets of a batch of N images.
@@ -288,8 +340,14 @@ def output_adapter(output: str | int | Callable[[Any], torch.Tensor] | None = No
     Args:
         output: None (a tensor as is; else ``.logits``, ``["logits"]`` or a tuple's first
             element), an index, a key or attribute name, or a callable: see
-            `camscope.models.select_logits`, which this applies.
+            `camscope.models.select_logits`, which this applies. A 1-D (N,) result (a
+            regression model) becomes one output column (N, 1).
     """
     from camscope.models import select_logits
 
-    return lambda value: select_logits(value, output)
+    def adapt(value: Any) -> torch.Tensor:
+        logits = select_logits(value, output)
+        # a regression model's (N,) output is one output column (N, 1)
+        return logits[:, None] if isinstance(logits, torch.Tensor) and logits.dim() == 1 else logits
+
+    return adapt

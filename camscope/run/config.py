@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from camscope.io import DEFAULT_MAX_PIXELS
+from camscope.methods.targets import NamedTarget, import_target, is_target_spec
 from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
 from camscope.models import (
     LoadedModel,
@@ -169,8 +170,9 @@ class RunConfig:
     target: str | int | None = _opt(
         None,
         "top1 (default: each image's top-1 prediction), truth (its true class, from an "
-        "ImageNet wnid in the file name or --labels), or a class index or name for every "
-        "image.",
+        "ImageNet wnid in the file name or --labels), a class index or name for every "
+        "image, or module:function, a callable target f(output_row) -> scalar (multi-label, "
+        "regression, anything).",
         "--target",
     )
     device: str = _opt(
@@ -362,10 +364,19 @@ def from_command_line(
     )
 
 
-def _target(spec: str | int | None, categories: list[str]) -> int | str | None:
-    """``--target``: None (top-1 of each image), ``"truth"`` (its true class) or an index."""
+def _target(spec: str | int | None, categories: list[str]) -> Any:
+    """``--target`` resolved: None (top-1), ``"truth"``, an index or a `NamedTarget`.
+
+    None explains each image's top-1 class, ``"truth"`` its true class; ``module:function``
+    imports a callable target (`camscope.methods.targets.import_target`).
+    """
     if spec is None:
         return None
+    if is_target_spec(spec):
+        try:
+            return import_target(str(spec))
+        except ValueError as exc:
+            raise TargetError(str(exc)) from None
     target = parse_target_spec(spec, categories)
     return None if target == "top1" else target
 
@@ -495,7 +506,8 @@ def _check_gradient(loaded: LoadedModel, layer: str, device: torch.device, targe
     )
     try:
         with GradCAM(loaded.model, layer) as cam:
-            cam.explain(noise, targets=target if isinstance(target, int) else None)
+            given = target if isinstance(target, int | NamedTarget) else None
+            cam.explain(noise, targets=given)
     except NoGradientError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -548,7 +560,7 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
         "layer": ctx.layer,
         "methods": list(ctx.methods),
         "method_options": {k: dict(sorted(v.items())) for k, v in ctx.options.items()},
-        "target": ctx.target,
+        "target": str(ctx.target) if isinstance(ctx.target, NamedTarget) else ctx.target,
         "image_size": list(m.input_size),
         "mean": [float(v) for v in m.mean],
         "std": [float(v) for v in m.std],
@@ -666,6 +678,11 @@ def prepare(
         loaded.model.to(device)
         layer, _ = resolve_layer(loaded.model, config.layer or loaded.default_layer)
         target = _target(config.target, loaded.categories)
+        if isinstance(target, NamedTarget) and config.metrics:
+            raise TargetError(
+                f"--metrics needs a class target: the metrics read a class's probability, "
+                f"which --target {target} does not name"
+            )
         if target == "truth" and config.labels is None and len(loaded.categories) != 1000:
             raise TargetError(
                 "--target truth needs --labels FILE: a wnid in a file name names an "

@@ -340,7 +340,7 @@ class BatchExplainer:
                 "target_index": t,
                 "truth_index": self._truth(item),
                 "top1_name": cats[top1],
-                "target_name": cats[t],
+                "target_name": cats[t] if t >= 0 else str(self.ctx.target),
                 "top1_prob": float(top_p[j, 0]),
                 "top5_index": top_i[j].tolist(),
                 "top5_prob": top_p[j].tolist(),

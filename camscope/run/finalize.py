@@ -180,11 +180,12 @@ def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[di
         return []
     names, x = sample
     with torch.no_grad():
-        targets = (
-            ctx.loaded.model(x).argmax(dim=1)
-            if ctx.target is None
-            else torch.full((len(x),), ctx.target, dtype=torch.long, device=x.device)
-        )
+        if ctx.target is None:
+            targets = ctx.loaded.model(x).argmax(dim=1)
+        elif callable(ctx.target):  # a --target module:function, for every image
+            targets = [ctx.target] * len(x)
+        else:
+            targets = torch.full((len(x),), ctx.target, dtype=torch.long, device=x.device)
     rows: list[dict[str, Any]] = []
     for method in ctx.methods:
         if stop is not None and stop.is_set():
