@@ -471,8 +471,8 @@ def test_a_declared_metric_appears_everywhere_without_report_code(monkeypatch):
     s.values["scorecam"]["sparseness_b"] = s.values["scorecam"]["sparseness"] - 0.02
     _, with_setting = _document(s)
     taus = {f.kind: f.text for f in _findings(with_setting, "robustness")}
-    assert "between two settings of one metric' orders" in taus["tau_settings"]
-    assert "over 1 pairs" in taus["tau_settings"] and "over 2 pairs" in taus["tau"]
+    assert "orders of the methods by two settings of one metric" in taus["tau_settings"]
+    assert "over 1 pair;" in taus["tau_settings"] and "over 2 pairs;" in taus["tau"]
     table = doc.section("summary").blocks[0]
     assert any(h.startswith("Sparseness (Gini), higher is better") for h in table.header)
     matrices = [b for b in doc.section("rankings").blocks if b.kind == "matrix"]

@@ -144,8 +144,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("increase", "Increase in Confidence", "%", 100.0, True, 1, interval="wilson"),
     MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3, definition=_AUC),
     MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
-    MetricSpec("road_morf", "ROAD MoRF", "", 1.0, False, 3, definition=_ROAD),
-    MetricSpec("road_lerf", "ROAD LeRF", "", 1.0, True, 3),
+    MetricSpec("road_morf", "ROAD MoRF", "", 1.0, False, 3, definition=_ROAD, family="road"),
+    MetricSpec("road_lerf", "ROAD LeRF", "", 1.0, True, 3, family="road"),
 )
 
 #: Per-image columns (shared by every method of an image) kept for captions and prose.

@@ -218,9 +218,10 @@ def _tau_sentence(taus: list[Interval], what: str, min_n: int) -> str:
     means = np.array([iv.mean for iv in taus])
     above = sum(iv.low > 0 for iv in taus if math.isfinite(iv.low))
     below = sum(iv.high < 0 for iv in taus if math.isfinite(iv.high))
-    text = (f"Kendall τ-b between two {what}' orders of the methods: from "
+    pairs = f"{len(taus)} pair{'s' if len(taus) != 1 else ''}"
+    text = (f"Kendall τ-b between the orders of the methods by two {what}: from "
             f"{num(means.min(), 2)} to {num(means.max(), 2)} (median "
-            f"{num(float(np.median(means)), 2)}) over {len(taus)} pairs; {above} with an interval "
+            f"{num(float(np.median(means)), 2)}) over {pairs}; {above} with an interval "
             f"above 0 (the orders agree beyond chance), {below} below 0 (reversed), "
             f"{len(taus) - above - below} undecided.")  # fmt: skip
     if not all(iv.meaningful for iv in taus):
