@@ -38,8 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from camscope.io import preprocess  # noqa: E402
+from camscope.layers import resolve_layer  # noqa: E402
 from camscope.methods import METHODS, AblationCAM, GradCAM, ScoreCAM, build_cam  # noqa: E402
-from camscope.models import load_model, resolve_layer  # noqa: E402
+from camscope.models import load_model  # noqa: E402
 
 
 def build_model(name: str, device: torch.device) -> tuple[torch.nn.Module, tuple, tuple, str]:

@@ -11,6 +11,7 @@ Public API (pytorch-grad-cam's class and target names: switching is an import li
 
 from camscope._version import __version__
 from camscope.activations_and_gradients import ActivationsAndGradients
+from camscope.layers import resolve_layer
 from camscope.methods import (
     FEM,
     ISCAM,
@@ -60,7 +61,7 @@ from camscope.methods.ablation_layers import (
     AblationLayerFasterRCNN,
     AblationLayerVit,
 )
-from camscope.models import LoadedModel, load_model, resolve_layer, wrap_module
+from camscope.models import LoadedModel, load_model, wrap_module
 
 __all__ = [
     "SobelCAM",

@@ -426,7 +426,8 @@ def layers(model: str | None, weights: str | None, usable: bool) -> None:
     One dry forward pass (hooks removed after). "yes" layers read as an (N, C, h, w) map
     (directly, channels-last or as ViT tokens) and are valid --layer values; "no" says why not.
     """
-    from camscope.models import ModelError, load_model, probe_layers
+    from camscope.layers import probe_layers
+    from camscope.models import ModelError, load_model
 
     try:
         # Shapes do not depend on the weights: random ones unless a file is given.

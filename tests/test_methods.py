@@ -19,7 +19,9 @@ import torchvision
 from conftest import ConstantChannelNet, TinyNet
 from torch import nn
 
-import camscope.split
+import camscope.layers.split
+from camscope.layers import LayerError, resolve_layer
+from camscope.layers.split import FeatureRunner, HookRunner, SplitError, split_model
 from camscope.methods import (
     METHODS,
     AblationCAM,
@@ -29,8 +31,6 @@ from camscope.methods import (
     ScoreCAM,
     normalise_maps,
 )
-from camscope.models import LayerError, resolve_layer
-from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -394,7 +394,7 @@ def test_forced_hook_fallback_gives_same_weights(tiny_model, tiny_inputs, monkey
         split = cam.explain(tiny_inputs)
         assert cam.runner.exact_split and cam.runner.num_cached == 1
     assert cam.notes == []
-    monkeypatch.setattr(camscope.split, "FxSplit", _Unsplittable)
+    monkeypatch.setattr(camscope.layers.split, "FxSplit", _Unsplittable)
     with cls(tiny_model, "conv3") as cam:
         hooked = cam.explain(tiny_inputs)
         assert isinstance(cam.runner, HookRunner)

@@ -8,8 +8,8 @@ import torch
 from conftest import TinyNet, _make
 from test_methods_gradient import pearson, ref_finish
 
+from camscope.layers import resolve_layer
 from camscope.methods import FinerCAM, FinerWeightedTarget, GradCAM
-from camscope.models import resolve_layer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -238,7 +238,7 @@ def test_reshape_transform_on_token_layer(name, inputs):
 
 
 def test_layer_that_is_not_a_map_is_refused(inputs):
-    from camscope.models import LayerError
+    from camscope.layers import LayerError
 
     torch.manual_seed(0)
     model = TokenNet().double().eval()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import InplaceNet, TinyNet, _make
 from torch import nn
 
+from camscope.layers import resolve_layer
 from camscope.methods import (
     EigenCAM,
     EigenGradCAM,
@@ -28,7 +29,6 @@ from camscope.methods import (
     XGradCAM,
 )
 from camscope.methods.base import first_component
-from camscope.models import resolve_layer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TinyNet, _make
 
+from camscope.layers import resolve_layer
 from camscope.methods import ISCAM, RISE, SSCAM, AblationCAM, RandomCAM
-from camscope.models import resolve_layer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

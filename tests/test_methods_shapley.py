@@ -12,8 +12,8 @@ import torch
 from conftest import TinyNet, _make
 from test_methods_gradient import grads_and_acts, pearson, ref_finish
 
+from camscope.layers import resolve_layer
 from camscope.methods import ClassifierOutputReST, GradCAM, ShapleyCAM
-from camscope.models import resolve_layer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -15,27 +15,28 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 
 from camscope import models
+from camscope.layers import (
+    FxSplit,
+    LayerError,
+    check_layer,
+    default_layer,
+    list_layers,
+    resolve_layer,
+)
+from camscope.logits import as_logits_model, select_logits
 from camscope.models import (
     BUNDLED_MODEL,
-    LayerError,
     LoadedModel,
     ModelError,
     TargetError,
     WeightsUnavailableError,
-    as_logits_model,
-    check_layer,
-    default_layer,
     imagenet_categories,
-    list_layers,
     load_model,
     map_state_dict_by_order,
     parse_target,
     parse_target_spec,
-    resolve_layer,
-    select_logits,
     wrap_module,
 )
-from camscope.split import FxSplit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

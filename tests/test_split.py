@@ -1,4 +1,4 @@
-"""camscope.split: the torch.fx head/tail split and the hook fallback, against the whole model.
+"""camscope.layers.split: the torch.fx head/tail split and the hook fallback, against the whole model.
 
 The reference for "the tail" is always the whole model with a forward hook that substitutes the
 given activations for the layer's output.
@@ -12,9 +12,9 @@ import torchvision
 from conftest import TinyNet
 from torch import nn
 
+from camscope.layers import LayerError, resolve_layer
+from camscope.layers.split import FeatureRunner, FxSplit, HookRunner, SplitError, split_model
 from camscope.methods import AblationCAM, GradCAM
-from camscope.models import LayerError, resolve_layer
-from camscope.split import FeatureRunner, FxSplit, HookRunner, SplitError, split_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

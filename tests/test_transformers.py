@@ -16,8 +16,8 @@ import torchvision
 from click.testing import CliRunner
 from torch import nn
 
-from camscope.models import LayerError, check_layer, default_layer, probe_layers
-from camscope.spatial import Layout, LayoutError, detect_layout
+from camscope.layers import LayerError, check_layer, default_layer, probe_layers
+from camscope.layers.layout import Layout, LayoutError, detect_layout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -378,7 +378,7 @@ def test_probe_layers_removes_hooks(vit):
 @pytest.mark.parametrize("which", ["vit", "swin"])
 def test_default_layer_splits_exactly(which, vit, swin, images):
     """torch.fx splits ViT and Swin at their default layers: no whole-network re-runs."""
-    from camscope.split import FxSplit
+    from camscope.layers.split import FxSplit
 
     model = vit if which == "vit" else swin
     runner = FxSplit(model, default_layer(model))

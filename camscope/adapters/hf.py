@@ -3,7 +3,7 @@
 What camscope needs to know about a ``*ForImageClassification`` model, read from the model
 itself (its modules and ``config``), never from a list of checkpoint names:
 
-* the logits: its output is a ``ModelOutput`` whose ``.logits`` `camscope.models.select_logits`
+* the logits: its output is a ``ModelOutput`` whose ``.logits`` `camscope.logits.select_logits`
   already reads;
 * class names: ``config.id2label``;
 * the default CAM layer (`hf_default_layer`): for ViT-style token models (ViT, DeiT, BEiT,
@@ -18,7 +18,7 @@ itself (its modules and ``config``), never from a list of checkpoint names:
 * the input size (``config.image_size``) and the normalisation (``preprocessor_config.json``
   next to the weights).
 
-Tokens are reshaped to (N, C, h, w) by `camscope.spatial` (class and distillation tokens
+Tokens are reshaped to (N, C, h, w) by `camscope.layers.layout` (class and distillation tokens
 dropped) without a ``reshape_transform``.
 
 `load_hf` reads a ``save_pretrained`` folder or ``hf:NAME`` from the local Hugging Face cache

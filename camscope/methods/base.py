@@ -1,8 +1,8 @@
 """`BaseCAM`: everything a CAM method shares, so that a method is only its weights.
 
 The base takes the target layer's output, reads it as a map ``A`` (N, C, h, w) through
-`camscope.methods.reshape` (the layer's layout, channels-first, channels-last or ViT tokens, as
-`camscope.models.check_layer` finds it once per input size; or a ``reshape_transform``),
+`camscope.layers.spatial_view` (the layer's layout, channels-first, channels-last or ViT tokens, as
+`camscope.layers.check_layer` finds it once per input size; or a ``reshape_transform``),
 resolves the targets, asks the method for weights ``w`` and forms
 
     L = ReLU(sum_k w_k * A_k)          w: (N, C) per channel, or (N, C, h, w) element-wise
@@ -16,7 +16,7 @@ resolution and resized, the maps are averaged and normalised again (as pytorch-g
 (pytorch-grad-cam's test-time augmentation).
 
 The layers before the target layer run once, without autograd; what the methods re-evaluate
-(gradients, ablations) runs through the network *after* the layer only (`camscope.split`).
+(gradients, ablations) runs through the network *after* the layer only (`camscope.layers.split`).
 Hooks never outlive a call. Everything stays a torch tensor on the input's device.
 
 Example::
@@ -41,7 +41,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camscope.methods.reshape import SpatialView, spatial_view
+from camscope.layers import (
+    FeatureRunner,
+    HookRunner,
+    LayerError,
+    LayoutError,
+    MapLayout,
+    SplitError,
+    check_layer,
+    default_layer,
+    detect_layout,
+    resolve_layer,
+    spatial_view,
+    split_model,
+)
 from camscope.methods.targets import (
     ClassifierOutputTarget,
     Targets,
@@ -49,9 +62,6 @@ from camscope.methods.targets import (
     output_adapter,
     resolve_targets,
 )
-from camscope.models import LayerError, check_layer, default_layer, resolve_layer
-from camscope.spatial import LayoutError, detect_layout
-from camscope.split import FeatureRunner, HookRunner, SplitError, split_model
 
 __all__ = [
     "EIGEN_SIGNS",
@@ -215,8 +225,8 @@ class CAMContext:
         cache: what the network after the layer reads besides the layer's output.
         logits: (N, ...) model outputs of the inputs (float32, through the output adapter).
         targets: the resolved targets.
-        runner: re-runs the network after the layer (`camscope.split`).
-        view: the layer's `SpatialView`.
+        runner: re-runs the network after the layer (`camscope.layers.split`).
+        view: the layer's `MapLayout`.
         info: counters the method may add to (reported in `CAMResult.info`).
     """
 
@@ -228,7 +238,7 @@ class CAMContext:
     logits: torch.Tensor
     targets: TargetSet
     runner: FeatureRunner | None
-    view: SpatialView | None
+    view: MapLayout | None
     info: dict[str, float] = field(default_factory=dict)
     grads: torch.Tensor | None = None
 
@@ -248,7 +258,7 @@ class BaseCAM:
     Args:
         model: a classifier mapping (N, 3, H, W) to its outputs.
         target_layers: a layer path (``"layer4[-1]"``), a module, or a list of them; None:
-            the model's default layer (`camscope.models.default_layer`; Hugging Face models
+            the model's default layer (`camscope.layers.default_layer`; Hugging Face models
             by `camscope.adapters.hf.hf_default_layer`).
         reshape_transform: callable from the layer's output to (N, C, h, w) (pytorch-grad-cam's
             argument), for layers whose output is not a channels-first map.
@@ -370,7 +380,7 @@ class BaseCAM:
         except SplitError as exc:
             runner = HookRunner(self.model, self.layers[index], self.modules[index], str(exc))
             self._runners[index] = runner
-            log.warning("%s", runner.note)  # as camscope.split
+            log.warning("%s", runner.note)  # as camscope.layers.split
             self.notes.append(runner.note)
             return runner.features(inputs)
 
@@ -486,8 +496,8 @@ class BaseCAM:
             inputs, layer, output, activations, cache, logits, target_set, runner, view
         )
 
-    def _view(self, index: int, output: torch.Tensor, inputs: torch.Tensor) -> SpatialView:
-        """How layer ``index``'s output reads as (N, C, h, w) (see `camscope.methods.reshape`)."""
+    def _view(self, index: int, output: torch.Tensor, inputs: torch.Tensor) -> MapLayout:
+        """How layer ``index``'s output reads as (N, C, h, w) (`camscope.layers.spatial_view`)."""
         if self.reshape_transform is not None:
             try:
                 return spatial_view(output, self.reshape_transform)
@@ -581,7 +591,7 @@ class BaseCAM:
 
 
 def _default_target(model: nn.Module, method: str) -> str:
-    """``target_layers=None``: the model's default layer (`camscope.models.default_layer`)."""
+    """``target_layers=None``: the model's default layer (`camscope.layers.default_layer`)."""
     from camscope.adapters.hf import hf_input_size, is_hf_model
 
     size = hf_input_size(model) if is_hf_model(model) else (224, 224)

@@ -9,7 +9,7 @@ the model's head (``computation_on_concepts``), which names what the network see
 
 This is not a CAM method: it explains no target, gives k maps per image and is not in the
 method registry (nor `camscope run`); it lives here because it reads a layer's activations as
-the methods do (any layer `camscope.methods.reshape` reads, or a ``reshape_transform``).
+the methods do (any layer `camscope.layers.spatial_view` reads, or a ``reshape_transform``).
 scikit-learn's NMF (``init="random"``, ``random_state=0``) solves the factorisation, as in
 pytorch-grad-cam, so that concepts and heatmaps are pytorch-grad-cam's; scikit-learn is needed
 for DFF only (``pip install scikit-learn``).

@@ -340,10 +340,10 @@ def output_adapter(output: str | int | Callable[[Any], torch.Tensor] | None = No
     Args:
         output: None (a tensor as is; else ``.logits``, ``["logits"]`` or a tuple's first
             element), an index, a key or attribute name, or a callable: see
-            `camscope.models.select_logits`, which this applies. A 1-D (N,) result (a
+            `camscope.logits.select_logits`, which this applies. A 1-D (N,) result (a
             regression model) becomes one output column (N, 1).
     """
-    from camscope.models import select_logits
+    from camscope.logits import select_logits
 
     def adapt(value: Any) -> torch.Tensor:
         logits = select_logits(value, output)

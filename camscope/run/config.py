@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from camscope.io import DEFAULT_MAX_PIXELS
+from camscope.layers import check_layer, resolve_layer
 from camscope.methods.targets import NamedTarget, import_target, is_target_spec
 from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
 from camscope.models import (
@@ -40,7 +41,6 @@ from camscope.models import (
     TargetError,
     one_line,
     parse_target_spec,
-    resolve_layer,
 )
 from camscope.run import _methods
 
@@ -514,30 +514,10 @@ def _check_gradient(loaded: LoadedModel, layer: str, device: torch.device, targe
 
 def _check_layer(loaded: LoadedModel, layer: str, device: torch.device) -> None:
     """One dry forward pass: the layer must give a spatial map (more than one position)."""
-    from camscope import models
-
-    check = getattr(models, "check_layer", None)
-    if check is not None:
-        try:
-            check(loaded.model, layer, input_size=loaded.input_size)
-        except (ValueError, ModelError) as exc:
-            raise UsageError(str(exc)) from exc
-        return
-    _, module = resolve_layer(loaded.model, layer)
-    seen: list[Any] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        with torch.no_grad():
-            loaded.model(torch.zeros(1, 3, *loaded.input_size, device=device))
-    finally:
-        handle.remove()
-    out = seen[0] if seen else None
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-    if shape is None or len(shape) < 3 or int(torch.tensor(shape[2:]).prod()) < 2:
-        raise UsageError(
-            f"--layer {layer}: its output {shape or type(out).__name__} has no spatial "
-            "positions to map (choose a convolutional layer; `camscope layers` lists them)"
-        )
+        check_layer(loaded.model, layer, input_size=loaded.input_size)
+    except (ValueError, ModelError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _weights_identity(config: RunConfig, loaded: LoadedModel) -> str:

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camscope.layers import LayerError, resolve_layer
+from camscope.logits import as_logits_model
 from camscope.methods.base import normalise_maps
 from camscope.methods.registry import build_cam
-from camscope.models import LayerError, as_logits_model, resolve_layer
 
 __all__ = [
     "Detection",

@@ -1,6 +1,6 @@
 """pytorch-grad-cam's ``utils.reshape_transforms``: token and FPN outputs as (N, C, h, w) maps.
 
-camscope finds the layout of ViT and Swin outputs by itself (`camscope.spatial`); these
+camscope finds the layout of ViT and Swin outputs by itself (`camscope.layers.layout`); these
 functions are for code that passes ``reshape_transform=`` as pytorch-grad-cam's README does.
 
 Example::

@@ -17,8 +17,12 @@ for tokens, the model's own patch grid and prefix-token count where it declares 
 timm's ``patch_embed`` and ``num_prefix_tokens`` or torchvision's ``image_size``/``patch_size``).
 A shape that fits no reading, or fits two (a (N, 8, 8, 8) map: channels first or last?) without
 a second forward pass at another input size to tell them apart, is refused with a
-`LayoutError` that says why. The caller (`camscope.models.check_layer`) adds the layer's name and
+`LayoutError` that says why. The caller (`camscope.layers.check_layer`) adds the layer's name and
 the valid choices.
+
+A user's ``reshape_transform`` is a `CustomLayout` (`read_transform`), whose inverse is derived
+from element ids; `spatial_view` gives the layout a method reads a layer through. Every layout
+follows one protocol, `MapLayout`.
 
 Example::
 
@@ -38,17 +42,47 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-__all__ = ["CustomLayout", "Layout", "LayoutError", "detect_layout", "model_token_grid"]
+from camscope.errors import LayerError
+
+__all__ = [
+    "CustomLayout",
+    "Layout",
+    "LayoutError",
+    "MapLayout",
+    "detect_layout",
+    "model_token_grid",
+    "read_transform",
+    "spatial_view",
+]
 
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 TOKENS = "tokens"
 
 Shape = Sequence[int]
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class MapLayout(Protocol):
+    """What every layout offers (`Layout`, `CustomLayout`): the one protocol of a layer's view."""
+
+    kind: str
+    grid: tuple[int, int]
+    channels: int
+
+    def describe(self) -> str:
+        """One phrase for messages and ``camscope layers``."""
+
+    def to_map(self, output: torch.Tensor) -> torch.Tensor:
+        """The layer's output (or its gradient) as (N, C, h, w)."""
+
+    def from_map(self, feature_map: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) maps back in the layer's layout (``like``: one or B outputs)."""
 
 
 class LayoutError(ValueError):
@@ -106,18 +140,25 @@ class Layout:
         return torch.cat([prefix.expand(n, -1, -1), patches], dim=1)
 
 
-@dataclass(frozen=True)
 class CustomLayout:
     """A user's ``reshape_transform`` (pytorch-grad-cam's argument): output -> (N, C, h, w).
 
-    It has no inverse, so methods that feed modified activations back into the network
-    (AblationCAM) cannot use it.
+    Its inverse (`from_map`, for methods that feed modified activations back into the network)
+    is derived, not asked for: the transform is applied to a tensor holding each element's own
+    index, which tells where every element of the map came from. That works for every transform
+    that only selects, reshapes or permutes elements (dropping a class token, ``reshape``,
+    ``transpose``: all of pytorch-grad-cam's examples); any other is refused there with
+    `LayerError`. Built by `read_transform`.
     """
 
-    transform: Callable[[torch.Tensor], torch.Tensor]
-    grid: tuple[int, int]
-    channels: int
-    kind: str = "custom"
+    kind = "custom"
+
+    def __init__(self, transform: ReshapeTransform, grid: tuple[int, int], channels: int) -> None:
+        self.transform = transform
+        self.grid = grid
+        self.channels = channels
+        self._index: torch.Tensor | None = None
+        self._index_shape: tuple[int, ...] | None = None
 
     def describe(self) -> str:
         """One phrase, e.g. ``reshape_transform -> 768 channels, 7x7``."""
@@ -127,12 +168,58 @@ class CustomLayout:
         """The user's transform applied to the output (or its gradient)."""
         return self.transform(output)
 
+    def _source_index(self, like: torch.Tensor) -> torch.Tensor:
+        """For one sample: the flat index in the layer's layout of each map element."""
+        shape = (1, *like.shape[1:])
+        if self._index is None or self._index_shape != shape:
+            count = int(torch.tensor(shape).prod())
+            ids = torch.arange(count, dtype=torch.float64, device=like.device).reshape(shape)
+            mapped = self.transform(ids).flatten()
+            index = mapped.round().long()
+            if (
+                not torch.equal(index.double(), mapped)
+                or len(index.unique()) != len(index)
+                or int(index.min()) < 0
+                or int(index.max()) >= count
+            ):
+                raise LayerError(
+                    "reshape_transform does more than select/reorder elements, so modified maps "
+                    "cannot be written back into the layer (needed by perturbation methods)"
+                )
+            self._index, self._index_shape = index, shape
+        return self._index
+
     def from_map(self, feature_map: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Not available: a reshape_transform has no known inverse."""
-        raise LayoutError(
-            "a reshape_transform has no inverse, so this method cannot feed modified "
-            "activations back into the network; use a layer camscope reads directly"
-        )
+        """(B, C, h, w) maps back in the layer's layout (``like``: one or B outputs).
+
+        Raises:
+            LayerError: the transform does more than select or reorder elements.
+        """
+        index = self._source_index(like)
+        out = like.expand(len(feature_map), *like.shape[1:]).flatten(1).clone()
+        out[:, index] = feature_map.flatten(1).to(out.dtype)
+        return out.reshape(len(feature_map), *like.shape[1:])
+
+
+def read_transform(transform: ReshapeTransform, example: torch.Tensor) -> CustomLayout:
+    """The `CustomLayout` of ``transform`` applied to ``example`` (one output of the layer).
+
+    Exceptions of the transform itself propagate.
+
+    Raises:
+        LayoutError: the transform does not return an (N, C, h, w) map of ``example``'s batch.
+    """
+    mapped = transform(example)
+    if (
+        not isinstance(mapped, torch.Tensor)
+        or mapped.dim() != 4
+        or mapped.shape[0] != example.shape[0]
+    ):
+        got = tuple(mapped.shape) if isinstance(mapped, torch.Tensor) else type(mapped).__name__
+        raise LayoutError(f"reshape_transform returns {got}, not an (N, C, h, w) map")
+    return CustomLayout(
+        transform, (int(mapped.shape[2]), int(mapped.shape[3])), int(mapped.shape[1])
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,3 +355,41 @@ def detect_layout(
     if len(shape) == 3:
         return _detect_tokens(shape, size, model)
     return _detect_map(shape, size, alt)
+
+
+def spatial_view(
+    example_output: torch.Tensor,
+    reshape_transform: ReshapeTransform | None = None,
+    layout: MapLayout | None = None,
+) -> MapLayout:
+    """How ``example_output`` (one output of the target layer) reads as (N, C, h, w) and back.
+
+    Args:
+        example_output: one output of the target layer.
+        reshape_transform: optional callable from the layer's output to (N, C, h, w); it takes
+            precedence (`CustomLayout`, its inverse derived).
+        layout: the layer's `Layout` as `camscope.layers.check_layer` found it.
+
+    Raises:
+        LayerError: the output is not a tensor, the transform returns no map of the batch, or
+            neither a transform, a layout nor a 4-D output says how to read it.
+    """
+    if not isinstance(example_output, torch.Tensor):
+        raise LayerError(
+            f"the layer outputs a {type(example_output).__name__}, not a tensor; a CAM needs a "
+            "spatial feature map (N, C, h, w)"
+        )
+    if reshape_transform is not None:
+        try:
+            return read_transform(reshape_transform, example_output)
+        except LayoutError as exc:
+            raise LayerError(f"output {tuple(example_output.shape)}; {exc}") from None
+    if layout is not None:
+        return layout
+    if example_output.dim() == 4:  # already a map
+        n, c, h, w = example_output.shape
+        return Layout(CHANNELS_FIRST, (int(h), int(w)), int(c))
+    raise LayerError(
+        f"outputs shape {tuple(example_output.shape)}; a CAM needs a spatial feature map "
+        "(N, C, h, w): choose a convolutional layer or pass reshape_transform="
+    )
