@@ -1,4 +1,4 @@
-"""camscope.layers.split: the torch.fx head/tail split and the hook fallback, against the whole model.
+"""camscope.layers.split: the torch.fx head/tail split and the hook fallback, against the model.
 
 The reference for "the tail" is always the whole model with a forward hook that substitutes the
 given activations for the layer's output.
