@@ -4,9 +4,10 @@ An ablation layer follows pytorch-grad-cam's protocol: ``activations_to_be_ablat
 channels (and sets ``indices``, the ablation order), ``set_next_batch`` stores copies of one
 image's layer output, and calling the layer returns those copies with the next channels of
 ``indices`` ablated, row by row. camscope runs the result through the network after the layer
-(`camscope.layers.split`) instead of swapping the layer into the model, so a user's own subclass works
-unchanged. The value written is pytorch-grad-cam's: 0 when the batch's minimum is 0, else the
-running minimum minus 1e7, row after row (row j of a batch gets ``min - (j + 1) * 1e7``).
+(`camscope.layers.split`) instead of swapping the layer into the model, so a user's own
+subclass works unchanged. The value written is pytorch-grad-cam's: 0 when the batch's
+minimum is 0, else the running minimum minus 1e7, row after row (row j of a batch gets
+``min - (j + 1) * 1e7``).
 
 Example::
 
