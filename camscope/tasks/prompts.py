@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from camscope.layers import LayerError, resolve_layer
 from camscope.methods.registry import build_cam
-from camscope.models import LayerError, resolve_layer
 
 __all__ = ["PromptExplanation", "default_prompt_layer", "explain_prompts", "prompt_classifier"]
 
