@@ -182,3 +182,15 @@ def test_hf_detr():
     result = explain_detections(model, image, score_threshold=0.0, max_objects=2)
     assert result.layer == "model.backbone.model.encoder.stages.3"
     assert result.maps.shape == (2, 64, 96) and not result.empty.any()
+
+
+def test_ultralytics_yolo_from_its_yaml():
+    ultralytics = pytest.importorskip("ultralytics")
+    torch.manual_seed(0)
+    yolo = ultralytics.YOLO("yolov8n.yaml")  # built from the package's YAML: no download
+    image = _image(96, 128)
+    result = explain_detections(yolo, image, method="gradcam", score_threshold=0.0, max_objects=1)
+    assert result.layer == "model.21"  # the layer before the Detect head
+    assert result.maps.shape == (1, 96, 128) and not result.empty.any()
+    assert result.detections[0].name == yolo.model.names[result.detections[0].label]
+    assert float(result.scores[0]) == pytest.approx(1 + result.detections[0].score, abs=1e-4)

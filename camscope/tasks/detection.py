@@ -53,6 +53,8 @@ __all__ = [
     "box_scores",
     "default_detection_layer",
     "detect",
+    "detector_categories",
+    "detector_module",
     "explain_detections",
     "predictions",
 ]
@@ -118,6 +120,10 @@ def predictions(
     """
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], dict):
         return list(output)
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        output = output[0]  # ultralytics YOLO in eval: (candidates, raw head maps)
+    if torch.is_tensor(output) and output.dim() == 3:  # YOLO (N, 4 + classes, anchors)
+        return [_yolo_detections(candidates) for candidates in output]
     if hasattr(output, "pred_boxes") and hasattr(output, "logits"):
         probs = output.logits.softmax(-1)[..., :-1]  # the last class is "no object"
         scores, labels = probs.max(-1)
@@ -140,6 +146,21 @@ def predictions(
         f"not a detector output: {type(output).__name__} (expected torchvision's list of "
         "dicts or a DETR-style output with logits and pred_boxes)"
     )
+
+
+def _yolo_detections(candidates: torch.Tensor, iou: float = 0.7) -> dict[str, torch.Tensor]:
+    """One image's YOLO candidates (4 + classes, anchors) -> NMS'd detections (differentiable).
+
+    Boxes are (cx, cy, w, h) in input pixels, class scores are sigmoids; per-class NMS at IoU
+    0.7 and at most 300 detections (ultralytics' defaults) pick which candidates remain.
+    """
+    from torchvision.ops import batched_nms
+
+    cx, cy, w, h = candidates[:4]
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    scores, labels = candidates[4:].max(dim=0)
+    keep = batched_nms(boxes.detach(), scores.detach(), labels, iou)[:300]
+    return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
 
 
 def _box_score(pred: dict[str, torch.Tensor], box: torch.Tensor, label: int, iou: float):
@@ -238,6 +259,25 @@ def detect(
     return found
 
 
+def detector_module(model: nn.Module) -> nn.Module:
+    """The network itself: an ultralytics ``YOLO`` object's ``.model``; others as they are."""
+    inner = getattr(model, "model", None)
+    if type(model).__module__.startswith("ultralytics") and isinstance(inner, nn.Module):
+        return inner.eval()
+    return model
+
+
+def detector_categories(model: nn.Module) -> list[str] | None:
+    """Class names a detector declares: ultralytics ``names``, Hugging Face ``id2label``."""
+    inner = _inner(detector_module(model))
+    names = getattr(inner, "names", None)
+    if names is None and hasattr(inner, "config"):
+        names = getattr(inner.config, "id2label", None)
+    if isinstance(names, dict) and names:
+        return [str(names.get(i, names.get(str(i), i))) for i in range(len(names))]
+    return None
+
+
 def default_detection_layer(model: nn.Module) -> str:
     """The last stage of the detector's backbone (a channels-first map).
 
@@ -250,6 +290,8 @@ def default_detection_layer(model: nn.Module) -> str:
         return f"backbone.body.{children[-1]}"
     if "backbone.features" in modules and "backbone.extra" in modules:
         return "backbone.features"  # SSD VGG: conv4_3 (its first detection map)
+    if type(_inner(model)).__name__ == "DetectionModel" and "model" in modules:
+        return f"model.{len(modules['model']) - 2}"  # YOLO: the layer before the Detect head
     stages = [n for n in modules if n.startswith("model.backbone") and n.endswith(".stages")]
     if stages:
         children = list(modules[stages[-1]]._modules)
@@ -335,8 +377,9 @@ def explain_detections(
     """One map per object of ``image`` (3, H, W), in the input the detector takes.
 
     Args:
-        model: a torchvision detector (images in [0, 1]) or a Hugging Face DETR-family
-            ``*ForObjectDetection``, in eval mode.
+        model: a torchvision detector (images in [0, 1]), a Hugging Face DETR-family
+            ``*ForObjectDetection``, or an ultralytics YOLO (the ``YOLO`` object or its
+            ``DetectionModel``; images in [0, 1], sides multiples of 32), in eval mode.
         image: (3, H, W) or (1, 3, H, W).
         method: any registered method (``gradcam``, ``eigencam`` gradient-free, ...).
         layer: the CAM layer (default `default_detection_layer`).
@@ -344,7 +387,8 @@ def explain_detections(
         boxes: explain these (x1, y1, x2, y2) boxes (input pixels) instead of detections.
         labels: the class of each of ``boxes``.
         iou_threshold: a current detection matches a reference box above this IoU.
-        categories: class names, index-aligned with the detector's labels.
+        categories: class names, index-aligned with the detector's labels (default: the
+            names the model declares, `detector_categories`).
         max_objects: explain at most this many (the best-scoring first).
         **options: the method's options (registry names).
 
@@ -352,6 +396,8 @@ def explain_detections(
         NoDetectionsError: nothing at or above ``score_threshold``; never an empty result.
         UnmatchedBoxError: a given box that no detection of its class matches (box score 0).
     """
+    model = detector_module(model)
+    categories = categories if categories is not None else detector_categories(model)
     x = (image[None] if image.dim() == 3 else image[:1]).detach()
     size = (int(x.shape[-2]), int(x.shape[-1]))
     xf, scale = _detector_frame(model, x)
