@@ -186,8 +186,9 @@ def test_train_mode_model_is_explained_in_eval_mode_unchanged(x):
     for cls in (camscope.GradCAM, camscope.ScoreCAM, camscope.AblationCAM, camscope.FullGrad):
         layers = [model.layer4[-1]] if cls is not camscope.ScoreCAM else [model.layer4[-1].conv2]
         ref_layers = [reference.get_submodule(n) for n in _names(model, layers)]
-        maps = cls(model, layers)(x[:1], TARGETS[:1])
-        expected = cls(reference, ref_layers)(x[:1], TARGETS[:1])
+        kwargs = {"max_channels": 32} if cls is camscope.ScoreCAM else {}
+        maps = cls(model, layers, **kwargs)(x[:1], TARGETS[:1])
+        expected = cls(reference, ref_layers, **kwargs)(x[:1], TARGETS[:1])
         assert torch.allclose(maps, expected, atol=1e-5), cls.__name__
         assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items()), cls.__name__
         assert all(m.training for m in model.modules()), cls.__name__
@@ -281,3 +282,13 @@ def test_deep_feature_factorization_equals_pytorch_grad_cam(model, x):
     assert np.allclose(outputs, their_outputs, rtol=1e-4, atol=1e-3)
     for mine, their in zip(maps, their_maps, strict=True):
         assert_same_maps(mine, their)
+
+
+def test_ablation_ratio_channels_to_ablate_equals_pytorch_grad_cam(model, x):
+    """pytorch-grad-cam's experiment: only the top and bottom quarter of channels ablated."""
+    layers = [model.layer3[-1].conv2]
+    with pgc.AblationCAM(model, layers, ratio_channels_to_ablate=0.25) as cam:
+        theirs = cam(x, [TheirTarget(t) for t in TARGETS])
+    with camscope.AblationCAM(model, layers, ratio_channels_to_ablate=0.25) as cam:
+        ours = cam(x, TARGETS)
+    assert_same_maps(ours, theirs)
