@@ -85,10 +85,14 @@ def test_imputation_noise_is_seeded_gaussian(data):
     assert 0.005 < float(diff.std()) < 0.02 and torch.all((noisy - clean)[:, :, ~removed[0]] == 0)
 
 
-def test_all_removed_is_an_error(data):
-    _, x, _, _ = data
-    with pytest.raises(ValueError, match="every pixel"):
-        noisy_linear_impute(x[:1], torch.ones(1, 12, 10, dtype=torch.bool))
+def test_all_removed_becomes_zero_and_others_are_unaffected(data):
+    _, x, maps, _ = data
+    removed = torch.ones(2, 12, 10, dtype=torch.bool)
+    removed[1] = removal_masks(maps[1:2], (0.5,))[0, 0]
+    got = noisy_linear_impute(x[:2].double(), removed, noise=0)
+    assert torch.all(got[0] == 0)  # as pytorch-grad-cam's solver gives: the mean colour
+    ref = reference_impute(x[1].double().numpy(), removed[1].numpy())
+    np.testing.assert_allclose(got[1].numpy(), ref, atol=1e-10)
 
 
 def test_removal_masks_exact_fractions_and_order():

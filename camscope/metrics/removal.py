@@ -181,7 +181,8 @@ def noisy_linear_impute(
     unknown where it is removed; solved in float64 (one sparse LU per image, all channels at
     once), then ``noise * N(0, 1)`` added to each imputed value (``generator`` seeds it:
     one generator, or one per image).
-    A mask that removes every pixel of an image has no solution: ValueError.
+    An image with every pixel removed has no known value to spread: it becomes 0 (+ noise), the
+    normalised-space zero, i.e. the dataset mean colour (as pytorch-grad-cam's solver returns).
     """
     if images.ndim != 4 or removed.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(
@@ -189,21 +190,23 @@ def noisy_linear_impute(
             f"and {tuple(removed.shape)}"
         )
     mask = removed.detach().cpu().numpy().astype(bool)
-    if mask.reshape(len(mask), -1).all(axis=1).any():
-        raise ValueError("an image with every pixel removed cannot be imputed")
     b, ch, h, w = images.shape
+    full = mask.reshape(b, -1).all(axis=1)  # nothing kept: no equation has a known term
+    solve = mask.copy()
+    solve[full] = False
     # (B*H*W, C) pixel rows, float64, a fresh copy
     flat = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, ch).clone()
-    if mask.any():
-        a, unknown, known = _system(mask)
+    if solve.any():
+        a, unknown, known = _system(solve)
         values = flat.numpy()
         rhs = np.zeros((unknown.size, ch))
         for eq, nb, weight in known:
             rhs[eq] += weight * values[nb]  # eq unique within one offset
-        solved = torch.from_numpy(_solve_blocks(a, rhs, mask.reshape(b, -1).sum(axis=1)))
-        if noise:
-            solved += noise * _noise(mask, ch, generator)
-        flat[torch.from_numpy(unknown)] = solved
+        counts = solve.reshape(b, -1).sum(axis=1)
+        flat[torch.from_numpy(unknown)] = torch.from_numpy(_solve_blocks(a, rhs, counts))
+    flat.view(b, h * w, ch)[torch.from_numpy(full)] = 0.0
+    if noise and mask.any():
+        flat[torch.from_numpy(np.flatnonzero(mask))] += noise * _noise(mask, ch, generator)
     filled = flat.view(b, h, w, ch).permute(0, 3, 1, 2)
     return filled.contiguous().to(device=images.device, dtype=images.dtype)
 
