@@ -37,7 +37,7 @@ def test_report_and_io_never_import_run():
 
 def test_schema_module_imports_only_io():
     mods = _imports(PACKAGE / "io" / "runfolder.py")
-    assert all(m.startswith("camscope.io") for m in mods), mods
+    assert all(m.startswith(("camscope.io", "camscope.errors")) for m in mods), mods
 
 
 def test_importing_report_loads_no_run_module():
@@ -86,3 +86,16 @@ def test_versions_come_from_one_place():
         if p.name != "_version.py" and f'"{__version__}"' in p.read_text(encoding="utf-8")
     ]
     assert not literal, literal
+
+
+def test_one_exception_formatter():
+    """Causes are made one line by camscope.errors.one_line only (no private copies)."""
+    import re
+
+    pattern = re.compile(r'" "\.join\((str\()?(exc|msg|text|message|cause)\b')
+    copies = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "errors.py" and pattern.search(p.read_text(encoding="utf-8"))
+    ]
+    assert not copies, copies

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from torch import nn
 
+from camscope.errors import one_line
+
 __all__ = [
     "HFError",
     "HFModel",
@@ -269,5 +271,4 @@ def load_hf(spec: str, *, pretrained: bool = True) -> HFModel:
 
 
 def _first(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return one_line(exc, 200)

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from camscope.errors import one_line
 from camscope.io.files import escape_name
 from camscope.io.runfolder import RUN_JSON
 
@@ -119,7 +120,7 @@ class InputError(Exception):
 
     def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = os.fspath(path)
-        self.cause = _one_line(cause)
+        self.cause = one_line(cause, None)
         super().__init__(self.path, self.cause)
 
     def __str__(self) -> str:
@@ -128,17 +129,9 @@ class InputError(Exception):
         return f"{shown}: {self.cause}"
 
 
-def _one_line(text: str) -> str:
-    """Collapse *text* to a single line (newlines and runs of whitespace become one space)."""
-    return " ".join(str(text).split())
-
-
 def _short(text: object) -> str:
-    """One-line, length-capped rendering of an exception message for use inside a cause."""
-    msg = _one_line(str(text))
-    if len(msg) > _MAX_CAUSE_DETAIL:
-        msg = msg[: _MAX_CAUSE_DETAIL - 3] + "..."
-    return msg
+    """An exception's message inside a cause: one line, at most 120 characters (`one_line`)."""
+    return one_line(str(text), _MAX_CAUSE_DETAIL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from camscope.errors import one_line
 from camscope.io.files import atomic_open, escape_name, unescape_name
 
 __all__ = [
@@ -261,8 +262,7 @@ def _read_part(path: Path, columns: Sequence[str] | None) -> Any:
 
 
 def _cause(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:160]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return one_line(exc, 200, typed=True)
 
 
 def _keep_rows(

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from camscope.errors import one_line
 from camscope.io import DEFAULT_MAX_PIXELS
 from camscope.layers import check_layer, resolve_layer
 from camscope.methods.targets import NamedTarget, import_target, is_target_spec
@@ -39,7 +40,6 @@ from camscope.models import (
     LoadedModel,
     ModelError,
     TargetError,
-    one_line,
     parse_target_spec,
 )
 from camscope.run import _methods

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from camscope.engine import InferenceEngine
+from camscope.errors import one_line
 from camscope.io import LoadedImage
 from camscope.io.boxes import box_masks, find_boxes, load_boxes
 from camscope.metrics import (
@@ -47,7 +48,6 @@ from camscope.metrics import (
     top_iou,
     truth_from_filename,
 )
-from camscope.models import one_line
 from camscope.run import _methods
 from camscope.run.collect import WorkItem
 from camscope.run.config import RunContext

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from camscope.errors import one_line
 from camscope.io import iter_images, runfolder, write_csv
 from camscope.metrics import sanity_check
-from camscope.models import one_line
 from camscope.run import _methods
 from camscope.run.config import RunContext
 from camscope.run.folder import remove_temporaries, write_run_json

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from camscope._version import __version__
+from camscope.errors import one_line
 from camscope.io import TEMP_PREFIX, runfolder, write_json
 from camscope.run import _methods
 from camscope.run.config import RunContext, UsageError, config_record
@@ -179,6 +180,6 @@ def write_run_json(out: Path, record: dict[str, Any]) -> str | None:
     try:
         write_json(path, record)
     except (OSError, TypeError, ValueError) as exc:
-        cause = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        cause = getattr(exc, "strerror", None) or one_line(exc, None)
         return f"{runfolder.escape_path(path)}: cannot write run state ({cause})"
     return None

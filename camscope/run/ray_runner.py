@@ -665,9 +665,11 @@ def write_grid(ctx: Any, items: Sequence[WorkItem]) -> list[str]:
 
 def _first_line(exc: BaseException) -> str:
     """The cause of a Ray error in one line (Ray wraps the remote traceback around it)."""
+    from camscope.errors import one_line
+
     cause = getattr(exc, "cause", None) or exc
     lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
+    return one_line(f"{type(cause).__name__}: {lines[-1] if lines else ''}", 500)
 
 
 def _record_cluster(record: dict, options: RayOptions, info: ClusterInfo,
