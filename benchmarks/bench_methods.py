@@ -17,6 +17,7 @@ Usage (see BENCHMARKS.md for recorded results)::
 
     python benchmarks/bench_methods.py --family --model efficientnet_lite0
     python benchmarks/bench_methods.py --model resnet50 --layer "layer4[-1]"
+    python benchmarks/bench_methods.py --model resnet18 --methods dff --threads 1 --repeats 5
     python benchmarks/bench_methods.py --model efficientnet_lite0 --methods scorecam \
         --scorecam-modes fp32,bf16,k128,k256 --skip-pgc
 
@@ -495,6 +496,23 @@ def bench_scorecam(b: Bench) -> None:
         )
 
 
+def bench_dff(b: Bench) -> None:
+    """Deep Feature Factorization (5 concepts) in both libraries, in turn; r = the worst concept."""
+    from camscope.methods import DeepFeatureFactorization
+
+    ours = DeepFeatureFactorization(b.model, b.module)
+    theirs = b.pgc.DeepFeatureFactorization(b.model, b.module)
+    fns = [lambda: ours(b.x, 5), lambda: theirs(b.x, 5)]
+    (ours_s, mine), (theirs_s, their) = timed_interleaved(fns, b.device, b.args.repeats)
+    r = min(pearson(m, t) for m, t in zip(mine[1][0], their[1][0], strict=True))
+    row = {"model": b.args.model, "layer": b.layer_name, "method": "dff", "camscope_s": ours_s,
+           "pgc_s": theirs_s, "ratio_camscope_over_pgc": ours_s / theirs_s,
+           "pearson_worst_concept": r,
+           "concepts_max_abs": float(np.abs(mine[0] - their[0]).max())}  # fmt: skip
+    b.results.append(row)
+    print(json.dumps(row))
+
+
 def append_json(path: str | None, rows: list[dict]) -> None:
     if path:
         with open(path, "a") as fh:
@@ -523,6 +541,8 @@ def main() -> None:
         bench_ablationcam(b)
     if "scorecam" in methods:
         bench_scorecam(b)
+    if "dff" in methods:
+        bench_dff(b)
     append_json(args.json, b.results)
 
 
