@@ -21,6 +21,7 @@ from torch import nn
 
 import camscope.layers.split
 from camscope.layers import LayerError, resolve_layer
+from camscope.layers.cache import clear_cache
 from camscope.layers.split import FeatureRunner, HookRunner, SplitError, split_model
 from camscope.methods import (
     METHODS,
@@ -388,13 +389,23 @@ class _Unsplittable:
         raise SplitError("forced by the test")
 
 
+@pytest.fixture
+def fresh_split_cache():
+    """The construction cache forgets every split before and after the test."""
+    clear_cache()
+    yield
+    clear_cache()
+
+
 @pytest.mark.parametrize("cls", [GradCAM, AblationCAM])
+@pytest.mark.usefixtures("fresh_split_cache")
 def test_forced_hook_fallback_gives_same_weights(tiny_model, tiny_inputs, monkeypatch, caplog, cls):
     with cls(tiny_model, "conv3") as cam:
         split = cam.explain(tiny_inputs)
         assert cam.runner.exact_split and cam.runner.num_cached == 1
     assert cam.notes == []
     monkeypatch.setattr(camscope.layers.split, "FxSplit", _Unsplittable)
+    clear_cache(tiny_model)  # the split above was kept for this model
     with cls(tiny_model, "conv3") as cam:
         hooked = cam.explain(tiny_inputs)
         assert isinstance(cam.runner, HookRunner)

@@ -30,6 +30,7 @@ from camscope.layers.probe import (
     LayerProbe,
     check_layer,
     default_layer,
+    input_channels,
     probe_layers,
     zero_image,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "check_layer",
     "default_layer",
     "detect_layout",
+    "input_channels",
     "layer_by_structure",
     "list_layers",
     "model_token_grid",

@@ -16,6 +16,7 @@ from torch import nn
 from camscope.errors import LayerError, one_line
 from camscope.layers.defaults import layer_by_structure
 from camscope.layers.layout import (
+    CHANNELS_FIRST,
     CustomLayout,
     Layout,
     LayoutError,
@@ -29,6 +30,7 @@ __all__ = [
     "LayerProbe",
     "check_layer",
     "default_layer",
+    "input_channels",
     "probe_layers",
     "zero_image",
 ]
@@ -89,7 +91,10 @@ class LayerCheck:
 
 
 def _dry_forward(
-    model: nn.Module, size: tuple[int, int], modules: dict[str, nn.Module]
+    model: nn.Module,
+    size: tuple[int, int],
+    modules: dict[str, nn.Module],
+    channels: int | None = None,
 ) -> tuple[list[str], dict[str, list]]:
     """One forward pass of a zero image (batch 1) recording each module's outputs.
 
@@ -113,7 +118,7 @@ def _dry_forward(
     try:
         model.eval()
         with torch.no_grad():
-            model(zero_image(model, size))
+            model(zero_image(model, size, channels))
     finally:
         for handle in handles:
             handle.remove()
@@ -122,12 +127,24 @@ def _dry_forward(
     return order, seen
 
 
-def zero_image(model: nn.Module, size: tuple[int, int]) -> torch.Tensor:
-    """A (1, 3, H, W) zero image on the model's device, in its floating dtype."""
+def input_channels(model: nn.Module) -> int:
+    """The channels the model's images have: the first convolution's input channels, else 3."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else 3
+
+
+def zero_image(
+    model: nn.Module, size: tuple[int, int], channels: int | None = None
+) -> torch.Tensor:
+    """A (1, channels, H, W) zero image on the model's device, in its floating dtype.
+
+    ``channels`` None: `input_channels` (3 for RGB models, 1 for a one-channel ``conv1``).
+    """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return torch.zeros(1, 3, *size, device=device, dtype=dtype)
+    channels = input_channels(model) if channels is None else int(channels)
+    return torch.zeros(1, channels, *size, device=device, dtype=dtype)
 
 
 def _alt_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -135,9 +152,14 @@ def _alt_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _read_output(
-    model: nn.Module, outputs: list, size: tuple[int, int], alt: tuple | None = None
+    model: nn.Module,
+    outputs: list,
+    size: tuple[int, int],
+    alt: tuple | None = None,
+    *,
+    allow_point: bool = False,
 ) -> tuple[tuple[int, ...] | None, Layout | None, str]:
-    """(shape, layout, reason) for one module's recorded outputs."""
+    """(shape, layout, reason) for one module's recorded outputs (`check_layer`'s allow_point)."""
     if not outputs:
         return None, None, "does not run in the forward pass"
     first = outputs[0]
@@ -147,6 +169,8 @@ def _read_output(
     if len(outputs) > 1:
         return shape, None, f"runs {len(outputs)} times in one forward pass"
     if len(shape) == 4 and shape[2:] == (1, 1):
+        if allow_point and shape[0] == 1:
+            return shape, Layout(CHANNELS_FIRST, (1, 1), int(shape[1])), ""
         return shape, None, "one spatial position, 1x1 (a global pool)"
     if len(shape) == 2:
         return shape, None, "no spatial positions (a classifier or pooled features)"
@@ -247,7 +271,8 @@ def default_layer(model: nn.Module, input_size: tuple[int, int] = (224, 224)) ->
     return layer_by_structure(model) or _default_by_probe(model, size)
 
 
-def _valid_choices(model: nn.Module, size: tuple[int, int], limit: int = 6) -> str:
+def _valid_choices(model: nn.Module, size: tuple[int, int], refused: str, limit: int = 6) -> str:
+    """The valid layers, in words; the default only where it is valid and not ``refused``."""
     try:
         usable = [
             p.name
@@ -260,15 +285,18 @@ def _valid_choices(model: nn.Module, size: tuple[int, int], limit: int = 6) -> s
     if not usable:
         return "no layer of this model reads as a spatial map; pass a reshape_transform"
     shown = [n for n in usable if n != default][-limit:]
-    return (
-        f"valid choices: the default {default}"
-        + (f", or e.g. {', '.join(shown)}" if shown else "")
-        + " (camscope layers --model NAME lists them all)"
-    )
+    if default in usable and default != refused:
+        lead = f"valid choices: the default {default}" + (", or e.g. " if shown else "")
+    else:  # the default layer is the refused one (a small input) or not a map either
+        lead = f"valid choices (for a {size[0]}x{size[1]} input): e.g. "
+    return lead + ", ".join(shown) + " (camscope layers --model NAME lists them all)"
 
 
 def _custom_layout(
-    name: str, output: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]
+    name: str,
+    output: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    allow_point: bool = False,
 ) -> CustomLayout:
     shape = tuple(output.shape)
     try:
@@ -279,7 +307,7 @@ def _custom_layout(
         raise LayerError(
             f"--layer {name}: output {shape}; reshape_transform fails on it ({one_line(exc)})"
         ) from exc
-    if layout.grid[0] * layout.grid[1] < 2:
+    if layout.grid[0] * layout.grid[1] < 2 and not allow_point:
         raise LayerError(
             f"--layer {name}: output {shape}; reshape_transform returns a 1x1 map, which has "
             "no spatial extent"
@@ -292,6 +320,9 @@ def check_layer(
     layer: str | nn.Module,
     input_size: tuple[int, int] = (224, 224),
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    channels: int | None = None,
+    allow_point: bool = False,
 ) -> LayerCheck:
     """Refuse, before any image is processed, a layer whose output is not a spatial map.
 
@@ -300,6 +331,16 @@ def check_layer(
     channels-last (N, h, w, C) maps (Swin, ConvNeXt-style norms) and ViT/DeiT tokens
     (N, P + h*w, C), each only where its grid fits the input (`camscope.layers.layout`); or whatever
     ``reshape_transform`` turns into an (N, C, h, w) map with more than one position.
+
+    Args:
+        model: the network.
+        layer: a layer path or module (`resolve_layer`).
+        input_size: the (H, W) of the images.
+        reshape_transform: a user's callable from the layer's output to (N, C, h, w).
+        channels: the images' channels (default `input_channels`: the first convolution's).
+        allow_point: accept an (N, C, 1, 1) output (or a 1x1 ``reshape_transform`` map) as a
+            1x1 channels-first map, whose CAM is constant, so empty (what pytorch-grad-cam
+            returns for a layer that small; `BaseCAM` passes True, the CLI does not).
 
     Raises:
         LayerError: one line with the layer's output shape, the reason and the valid choices
@@ -314,15 +355,15 @@ def check_layer(
     """
     name, module = resolve_layer(model, layer)
     size = (int(input_size[0]), int(input_size[1]))
-    _order, seen = _dry_forward(model, size, {name: module})
+    _order, seen = _dry_forward(model, size, {name: module}, channels)
     outputs = seen[name]
     if reshape_transform is not None and len(outputs) == 1 and torch.is_tensor(outputs[0]):
-        layout = _custom_layout(name, outputs[0], reshape_transform)
+        layout = _custom_layout(name, outputs[0], reshape_transform, allow_point)
         return LayerCheck(name, module, tuple(outputs[0].shape), layout, size)
-    shape, layout, reason = _read_output(model, outputs, size)
+    shape, layout, reason = _read_output(model, outputs, size, allow_point=allow_point)
     if layout is None and "ambiguous" in reason:
         try:
-            _o, alt = _dry_forward(model, _alt_size(size), {name: module})
+            _o, alt = _dry_forward(model, _alt_size(size), {name: module}, channels)
             alt_shape = (tuple(alt[name][0].shape), _alt_size(size))
             shape, layout, reason = _read_output(model, outputs, size, alt_shape)
         except Exception:  # noqa: BLE001 - fixed-size model: the ambiguity stands
@@ -331,6 +372,6 @@ def check_layer(
         shown = f"output {shape}" if shape is not None else "not usable"
         raise LayerError(
             f"--layer {name}: {shown}: {reason}; not a spatial map, so no CAM; "
-            f"{_valid_choices(model, size)}"
+            f"{_valid_choices(model, size, name)}"
         )
     return LayerCheck(name, module, shape, layout, size)  # type: ignore[arg-type]

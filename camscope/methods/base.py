@@ -48,13 +48,12 @@ from camscope.layers import (
     LayoutError,
     MapLayout,
     SplitError,
-    check_layer,
     default_layer,
     detect_layout,
     resolve_layer,
     spatial_view,
-    split_model,
 )
+from camscope.layers.cache import cached_layout, cached_split
 from camscope.methods.targets import (
     ClassifierOutputTarget,
     Targets,
@@ -365,7 +364,7 @@ class BaseCAM:
         if runner is None:
             layer, module = self.layers[index], self.modules[index]
             if self.uses_split:
-                runner = split_model(self.model, layer, module)
+                runner = cached_split(self.model, layer, module)
                 if not runner.exact_split:
                     self.notes.append(runner.note)
             else:
@@ -506,18 +505,20 @@ class BaseCAM:
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         key = (index, size)
         if key not in self._layouts:
-            self._layouts[key] = self._layout(index, output, size)
+            self._layouts[key] = self._layout(index, output, size, int(inputs.shape[1]))
         return spatial_view(output, layout=self._layouts[key])
 
-    def _layout(self, index: int, output: torch.Tensor, size: tuple[int, int]) -> Any:
-        """`check_layer`'s layout (one dry pass per layer and input size); LayerError if none."""
+    def _layout(
+        self, index: int, output: torch.Tensor, size: tuple[int, int], channels: int
+    ) -> Any:
+        """`check_layer`'s layout (one dry pass per model, layer and input size; cached)."""
         try:
-            return check_layer(self.model, self.layers[index], size).layout
+            return cached_layout(self.model, self.layers[index], size, channels)
         except LayerError:
             raise
         except Exception as exc:  # noqa: BLE001 - the dry pass itself failed (odd inputs)
             try:
-                return detect_layout(tuple(output.shape), size, self.model, len(output))
+                return detect_layout(tuple(output.shape), size, self.model, batch=len(output))
             except LayoutError as why:
                 shape = tuple(output.shape)
                 raise LayerError(f"layer {self.layers[index]} outputs {shape}: {why}") from exc
