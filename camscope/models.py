@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camscope.classes import imagenet_categories
 from camscope.errors import ModelError, one_line
 from camscope.layers import check_layer, default_layer, zero_image
 from camscope.logits import OutputSpec, as_logits_model
@@ -36,14 +37,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "LoadedModel",
     "ModelError",
-    "TargetError",
     "WeightsUnavailableError",
-    "imagenet_categories",
     "map_state_dict_by_order",
     "one_line",
     "load_model",
-    "parse_target",
-    "parse_target_spec",
+    "random_architecture",
     "wrap_module",
 ]
 
@@ -59,10 +57,6 @@ _RANDOM = "<random initialisation>"  # weights_file value of load_model(pretrain
 
 class WeightsUnavailableError(ModelError):
     """Pretrained weights are neither cached nor downloadable (nor given as a file)."""
-
-
-class TargetError(ValueError):
-    """A target class is neither a valid index nor a known class name."""
 
 
 @dataclass
@@ -102,13 +96,6 @@ logger = logging.getLogger("camscope")
 def _warn(note: str, notes: list[str]) -> None:
     logger.warning(note)
     notes.append(note)
-
-
-def imagenet_categories() -> list[str]:
-    """The 1,000 ImageNet-1k class names in the standard (torchvision/timm) index order."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +166,30 @@ def _torchvision_model_names() -> set[str]:
     return set(torchvision.models.list_models(module=torchvision.models))
 
 
+def random_architecture(name: str, num_classes: int | None = None, seed: int = 0) -> nn.Module:
+    """A torchvision or timm classifier with weights drawn from ``torch.manual_seed(seed)``.
+
+    The one way camscope builds an architecture: `load_model` loads weights into it (random
+    ones with ``pretrained=False``), ``--random-weights`` (`camscope.run.testing`) keeps them.
+    The caller's random state is left as it was.
+
+    Raises:
+        ModelError: ``name`` is neither a torchvision nor a timm classifier.
+    """
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name in _torchvision_model_names():
+            import torchvision
+
+            return torchvision.models.get_model(name, weights=None, **extra)
+        import timm
+
+        if not timm.is_model(name):
+            raise ModelError(f"unknown model '{name}': not a torchvision or timm classifier")
+        return timm.create_model(name, pretrained=False, **extra)
+
+
 def _hub_cache_file(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
@@ -195,9 +206,7 @@ def _load_torchvision(
     except KeyError:
         tags = ", ".join(w.name for w in weights_enum)
         raise ModelError(f"{name}: unknown weights tag '{tag}' (available: {tags})") from None
-    model = torchvision.models.get_model(
-        name, weights=None, num_classes=len(weights.meta["categories"])
-    )
+    model = random_architecture(name, num_classes=len(weights.meta["categories"]))
     if weights_file == _RANDOM:
         source = "random initialisation (pretrained=False)"
     elif weights_file is not None:
@@ -247,9 +256,7 @@ def bundled_lite0_weights_path() -> Path:
 
 
 def _load_lite0(weights_file: str | None, notes: list[str]) -> LoadedModel:
-    import timm
-
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model = random_architecture(BUNDLED_MODEL)
     if weights_file == _RANDOM:
         return LoadedModel(
             model=model.eval(),
@@ -289,7 +296,7 @@ def _load_timm(name: str, weights_file: str | None, notes: list[str]) -> LoadedM
     import timm
 
     if weights_file is not None:
-        model = timm.create_model(name, pretrained=False)
+        model = random_architecture(name)
         if weights_file == _RANDOM:
             source = "random initialisation (pretrained=False)"
         else:
@@ -535,53 +542,3 @@ def _hf_defaults(module, mean, std, categories, input_size, notes):  # noqa: ANN
         if note:
             _warn(note, notes)
     return mean, std, categories, input_size
-
-
-def parse_target(spec: str | int, categories: list[str]) -> int:
-    """A class index, or a class name (case-insensitive, exact or unique substring), as an index."""
-    if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
-        index = int(spec)
-        if not 0 <= index < len(categories):
-            raise TargetError(f"class index {index} is out of range 0..{len(categories) - 1}")
-        return index
-    wanted = str(spec).strip().lower()
-    exact = [i for i, c in enumerate(categories) if c.lower() == wanted]
-    if len(exact) == 1:
-        return exact[0]
-    matches = [i for i, c in enumerate(categories) if wanted in c.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise TargetError(
-            f"unknown class '{spec}' (give an index 0..{len(categories) - 1} or a name)"
-        )
-    shown = ", ".join(f"{i}={categories[i]}" for i in matches[:8])
-    raise TargetError(f"class '{spec}' is ambiguous: {shown}{' ...' if len(matches) > 8 else ''}")
-
-
-def parse_target_spec(spec: str | int, categories: Sequence[str]) -> str | int:
-    """The CLI's ``--target``: ``"top1"``, ``"truth"``, or a class index from an index or a name.
-
-    ``top1`` explains each image's top-1 class; ``truth`` its true class (from the ImageNet
-    wnid in the file name or a ``--labels`` file; the run resolves it per image); anything
-    else goes through `parse_target` (an index 0..K-1 or a class name).
-
-    Raises:
-        TargetError: one line naming the bad value and the valid forms.
-
-    Example::
-
-        >>> parse_target_spec("TOP1", ["cat", "dog"]), parse_target_spec("dog", ["cat", "dog"])
-        ('top1', 1)
-    """
-    text = str(spec).strip()
-    if text.lower() in ("top1", "top-1"):
-        return "top1"
-    if text.lower() == "truth":
-        return "truth"
-    if not text:
-        raise TargetError("empty --target; use top1, truth, a class index or a class name")
-    try:
-        return parse_target(text, list(categories))
-    except TargetError as exc:
-        raise TargetError(f"{exc}; --target takes top1, truth, an index or a name") from None

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 
 from camscope import models
+from camscope.classes import TargetError, imagenet_categories, parse_target, parse_target_spec
 from camscope.layers import (
     FxSplit,
     LayerError,
@@ -28,13 +29,9 @@ from camscope.models import (
     BUNDLED_MODEL,
     LoadedModel,
     ModelError,
-    TargetError,
     WeightsUnavailableError,
-    imagenet_categories,
     load_model,
     map_state_dict_by_order,
-    parse_target,
-    parse_target_spec,
     wrap_module,
 )
 

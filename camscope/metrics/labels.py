@@ -1,17 +1,15 @@
-"""Ground truth: labels files, ImageNet class names/wnids in file names, accuracy."""
+"""Ground truth: labels files, ImageNet wnids in file names (`camscope.classes`), accuracy."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-_WNID = re.compile(r"(?<![0-9A-Za-z])n\d{8}(?!\d)")
+from camscope.classes import imagenet_index, wnid_class
 
 
 def accuracy(pred: object, truth: object) -> float:
@@ -30,50 +28,13 @@ def accuracy(pred: object, truth: object) -> float:
     return sum(int(p) == int(t) for p, t in pairs) / len(pairs)
 
 
-@functools.lru_cache(maxsize=1)
-def _imagenet_tables() -> tuple[dict[str, int], dict[str, int | None]]:
-    """(wnid -> index, lower-case class name -> index or None when ambiguous), offline."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    wnids = {w: i for i, w in enumerate(info.label_names())}
-    names: dict[str, int | None] = {}
-    for i in range(info.num_classes()):
-        description = info.index_to_description(i).lower()
-        for name in {description, *(s.strip() for s in description.split(","))}:
-            names[name] = None if names.get(name, i) != i else i
-    return wnids, names
-
-
 def truth_from_filename(name: str) -> int | None:
     """ImageNet-1k class index of the first wnid (``n`` + 8 digits) in a file name, or None.
 
     E.g. ``"n01440764_tench.JPEG"`` -> 0, ``"ILSVRC2012_val_00000001_n01751748.png"`` -> 65.
-    Uses ``timm.data.ImageNetInfo`` (bundled, offline). A wnid outside ImageNet-1k -> None.
+    Reads the one ImageNet table (`camscope.classes`). A wnid outside ImageNet-1k -> None.
     """
-    wnids, _ = _imagenet_tables()
-    for match in _WNID.finditer(Path(str(name)).name):
-        if match.group(0) in wnids:
-            return wnids[match.group(0)]
-    return None
-
-
-def _class_index(value: str) -> int:
-    wnids, names = _imagenet_tables()
-    text = value.strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    if text in wnids:
-        return wnids[text]
-    key = text.lower()
-    if key in names:
-        index = names[key]
-        if index is None:
-            raise ValueError(
-                f"class name '{text}' is ambiguous in ImageNet; give the index or wnid"
-            )
-        return index
-    raise ValueError(f"unknown class '{text}' (expected an index, a wnid or an ImageNet name)")
+    return wnid_class(name)
 
 
 _KEY_COLUMNS = ("file", "name", "filename", "image")
@@ -106,7 +67,7 @@ def load_labels(path: str | Path) -> dict[str, int]:
             if not key:
                 continue
             try:
-                labels[key] = _class_index(value)
+                labels[key] = imagenet_index(value)
             except ValueError as exc:
                 raise ValueError(f"{path}:{line}: {exc}") from None
     return labels

@@ -31,17 +31,13 @@ from typing import Any
 
 import torch
 
+from camscope.classes import TargetError, parse_target_spec
 from camscope.errors import one_line
 from camscope.io import DEFAULT_MAX_PIXELS
 from camscope.layers import check_layer, resolve_layer
 from camscope.methods.targets import NamedTarget, import_target, is_target_spec
 from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
-from camscope.models import (
-    LoadedModel,
-    ModelError,
-    TargetError,
-    parse_target_spec,
-)
+from camscope.models import LoadedModel, ModelError
 from camscope.run import _methods
 
 __all__ = [

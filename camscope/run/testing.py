@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from camscope.classes import imagenet_categories
+from camscope.layers import default_layer
 from camscope.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LoadedModel,
     ModelError,
-    default_layer,
-    imagenet_categories,
     load_model,
+    random_architecture,
 )
 
 __all__ = ["random_model"]
@@ -33,8 +34,6 @@ def random_model(name: str | None, device: torch.device | str = "cpu") -> Loaded
     """
     if not name:
         raise ModelError("--random-weights needs --model NAME (a torchvision or timm classifier)")
-    import torchvision
-
     from camscope.adapters.hf import is_hf_spec
 
     if is_hf_spec(name):  # a Hugging Face folder: its own config, seeded random weights
@@ -45,17 +44,7 @@ def random_model(name: str | None, device: torch.device | str = "cpu") -> Loaded
             "random weights (--random-weights): the maps say nothing about the images"
         )
         return loaded
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        if name in torchvision.models.list_models(module=torchvision.models):
-            model = torchvision.models.get_model(name, weights=None, num_classes=1000)
-        else:
-            import timm
-
-            if not timm.is_model(name):
-                raise ModelError(f"unknown model '{name}': not a torchvision or timm classifier")
-            model = timm.create_model(name, pretrained=False, num_classes=1000)
-    model.eval().to(device)
+    model = random_architecture(name, num_classes=1000, seed=0).eval().to(device)
     return LoadedModel(
         model=model,
         name=name,
