@@ -76,9 +76,9 @@ def patterns(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], 
 
         def pgc_built() -> object:
             with pgc.GradCAM(model=model, target_layers=[layer]) as cam:
-                return cam(input_tensor=x)
+                return cam(input_tensor=x, targets=None)
 
-        out["pytorch-grad-cam reused"] = lambda: pgc_reused(input_tensor=x)
+        out["pytorch-grad-cam reused"] = lambda: pgc_reused(input_tensor=x, targets=None)
         out["pytorch-grad-cam built"] = pgc_built
     except ImportError:
         print("pytorch-grad-cam not installed: skipped", file=sys.stderr)
@@ -129,16 +129,20 @@ def main() -> None:
     times = measure(patterns(model, x), args.rounds)
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median["camscope reused"]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
-          f"ResNet-50 random weights, 224x224, {args.rounds} interleaved rounds (median s)")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
+        f"ResNet-50 random weights, 224x224, {args.rounds} interleaved rounds (median s)"
+    )
     print(f"{'pattern':28s} {'s/image':>9s} {'/ camscope reused':>18s}")
     for name, value in median.items():
         print(f"{name:28s} {value:9.4f} {value / base:18.3f}")
     for lib in ("camscope", "pytorch-grad-cam", "torch-cam"):
         if f"{lib} built" in median:
             built, reused = median[f"{lib} built"], median[f"{lib} reused"]
-            print(f"{lib}: built per image / reused = {built / reused:.3f} "
-                  f"(+{built - reused:+.4f} s per image)")
+            print(
+                f"{lib}: built per image / reused = {built / reused:.3f} "
+                f"({built - reused:+.4f} s per image)"
+            )
     print(f"camscope setup alone / one Grad-CAM call = {median['camscope setup'] / base:.4f}")
     if args.json:
         args.json.write_text(json.dumps(times, indent=1))
