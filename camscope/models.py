@@ -39,7 +39,6 @@ __all__ = [
     "ModelError",
     "WeightsUnavailableError",
     "map_state_dict_by_order",
-    "one_line",
     "load_model",
     "random_architecture",
     "wrap_module",
