@@ -9,13 +9,16 @@ Stages (each callable on its own, so other drivers such as Ray can run them)::
     RunWriter(ctx).write(out)          # I/O only: maps, overlays, results part file
     finalize(ctx, record, state="complete")     # predictions.csv, metrics, report, run.json
 
-`run_local` drives them in this process; `explain` is the library call behind ``camscope run``.
-The run folder's layout is known only to `camscope.run.results`.
+`drive` (`camscope.run.driver`) is the one driver around them: open -> plan -> an execution
+step -> finalize; `run_local` gives it the in-process step, `camscope.run.ray_runner` the Ray
+one. `explain` is the library call behind ``camscope run``. The run folder's layout is known
+only to `camscope.io.runfolder` (re-exported here as `results`, its historical name).
 """
 
 from camscope.run import results
 from camscope.run.collect import Plan, WorkItem, plan
 from camscope.run.config import RunConfig, RunContext, UsageError, prepare, probe_device
+from camscope.run.driver import drive
 from camscope.run.explainer import BatchExplainer, BatchOutput
 from camscope.run.finalize import finalize
 from camscope.run.folder import open_run
@@ -32,6 +35,7 @@ __all__ = [
     "RunWriter",
     "UsageError",
     "WorkItem",
+    "drive",
     "explain",
     "finalize",
     "open_run",
