@@ -20,25 +20,20 @@ Usage::
 
 from __future__ import annotations
 
-from camscope.methods.activation import FEM
-from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
-from camscope.methods.eigen import KPCA_CAM, EigenCAM, EigenGradCAM, SegEigenCAM
-from camscope.methods.factorization import DeepFeatureFactorization, run_dff_on_image
-from camscope.methods.gradient import (
-    FinerCAM,
-    FullGrad,
-    GradCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ShapleyCAM,
-    SmoothGradCAMPlusPlus,
-    XGradCAM,
+# The family modules: importing one registers its methods (`registry.register`). A method added
+# to a family is exported below from the registry: this file does not name it.
+from camscope.methods import (  # noqa: F401
+    activation,
+    eigen,
+    gradient,
+    guided,
+    meta,
+    perturbation,
+    sobel,
 )
-from camscope.methods.guided import GuidedBackprop, GuidedBackpropReLUModel, GuidedGradCAM
-from camscope.methods.meta import SESS, RefineCAM
-from camscope.methods.perturbation import ISCAM, RISE, SSCAM, AblationCAM, RandomCAM, ScoreCAM
+from camscope.methods.base import BaseCAM, CAMContext, CAMResult, normalise_maps
+from camscope.methods.factorization import DeepFeatureFactorization, run_dff_on_image
+from camscope.methods.guided import GuidedBackpropReLUModel
 from camscope.methods.registry import (
     METHODS,
     MethodSpec,
@@ -47,7 +42,7 @@ from camscope.methods.registry import (
     get_method,
     method_options,
 )
-from camscope.methods.sobel import SobelCAM, sobel_cam
+from camscope.methods.sobel import sobel_cam
 from camscope.methods.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputReST,
@@ -61,50 +56,31 @@ from camscope.methods.targets import (
     Targets,
 )
 
+#: Every registered method's class by its class name (``GradCAM``, ``ScoreCAM``, ...): THE list
+#: of method exports, here and in `camscope` (a class with ``@register`` appears in both).
+METHOD_CLASSES: dict[str, type] = {spec.cls.__name__: spec.cls for spec in METHODS.values()}
+globals().update(METHOD_CLASSES)
+
 __all__ = [
-    "SobelCAM",
-    "sobel_cam",
+    *METHOD_CLASSES,
+    "METHOD_CLASSES",
     "DeepFeatureFactorization",
     "run_dff_on_image",
-    "SESS",
-    "RefineCAM",
-    "GuidedBackprop",
     "GuidedBackpropReLUModel",
-    "GuidedGradCAM",
-    "FinerCAM",
-    "ShapleyCAM",
-    "FEM",
-    "KPCA_CAM",
-    "SegEigenCAM",
-    "ISCAM",
+    "sobel_cam",
     "METHODS",
-    "RISE",
-    "SSCAM",
-    "RandomCAM",
-    "AblationCAM",
     "BaseCAM",
-    "BinaryClassifierOutputTarget",
     "CAMContext",
     "CAMResult",
-    "EigenCAM",
-    "EigenGradCAM",
-    "FullGrad",
-    "GradCAMElementWise",
-    "GradCAMPlusPlus",
-    "HiResCAM",
-    "LayerCAM",
-    "SmoothGradCAMPlusPlus",
-    "XGradCAM",
+    "BinaryClassifierOutputTarget",
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "FasterRCNNBoxScoreTarget",
     "FinerWeightedTarget",
-    "GradCAM",
     "MethodSpec",
     "OptionSpec",
     "RawScoresOutputTarget",
-    "ScoreCAM",
     "SemanticSegmentationTarget",
     "SoftmaxOutputTarget",
     "Targets",
