@@ -9,6 +9,7 @@ dropped, tokens laid out row-major on the patch grid).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -196,3 +197,27 @@ def test_layer_without_gradient_is_refused_not_drawn(tmp_path, vit_folder):
     # EigenCAM reads the activations only: nothing depends on a target, so it runs
     eigen = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "b"), "-m", "eigencam"])
     assert eigen.exit_code == 0, eigen.output
+
+
+def test_hf_name_read_from_the_local_cache(tmp_path):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-vit" / "snapshots" / "0123abcd"
+    build("vit").save_pretrained(snapshot)
+    (snapshot / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+    )
+    (cache / "models--someone--tiny-vit" / "refs").mkdir()
+    (cache / "models--someone--tiny-vit" / "refs" / "main").write_text("0123abcd")
+    code = (
+        "from camscope import load_model; m = load_model('hf:someone/tiny-vit'); "
+        "print(m.categories[0], m.mean, m.default_layer)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == [
+        "thing0",
+        "(0.1,",
+        "0.2,",
+        "0.3)",
+        "vit.layers.1.layernorm_before",
+    ], out.stderr[-2000:]
