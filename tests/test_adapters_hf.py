@@ -221,3 +221,19 @@ def test_hf_name_read_from_the_local_cache(tmp_path):
         "0.3)",
         "vit.layers.1.layernorm_before",
     ], out.stderr[-2000:]
+
+
+def test_explain_takes_a_hf_model_as_it_comes(tmp_path):
+    import camscope
+
+    make_images(tmp_path / "in", 2)
+    result = camscope.explain(
+        [tmp_path / "in"],
+        tmp_path / "out",
+        model=build("convnext"),
+        methods=("gradcam",),
+        sanity_images=0,
+    )
+    assert result.state == "complete" and result.n_explained == 2
+    rows = results.read_table([tmp_path / "out"]).to_pylist()
+    assert {r["top1_name"] for r in rows} <= set(LABELS.values())
