@@ -96,7 +96,10 @@ def detection(repeats: int, objects: int) -> list[tuple]:
         def theirs_fn(cls=cls, found=found):
             with cls(det, [det.backbone.body.layer4]) as cam:
                 for obj in found:
-                    cam(image[None], targets=[FasterRCNNBoxScoreTarget([obj.label], [obj.box])])
+                    cam(
+                        image[None],
+                        targets=[FasterRCNNBoxScoreTarget([obj.label], [torch.tensor(obj.box)])],
+                    )
 
         theirs = _time(theirs_fn, repeats) if method == "gradcam" else None
         label = f"Faster R-CNN R50-FPN, 480x640 (min_size 480), {objects} objects"
