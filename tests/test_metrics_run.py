@@ -68,3 +68,37 @@ def test_bad_boxes_file_is_a_usage_error(tmp_path):
     config = RunConfig(inputs=(str(tmp_path),), methods=("gradcam",), boxes=str(tmp_path / "b.csv"))
     with pytest.raises(UsageError, match="--boxes .*columns"):
         config.check()
+
+
+def test_no_road_leaves_road_out_and_keeps_the_pre_road_settings(tmp_path):
+    """--no-road: no ROAD columns, the other metrics as with ROAD, and the settings hash of a
+    metrics run made before ROAD existed (no "road" key), so such a run resumes."""
+    from click.testing import CliRunner
+
+    from camscope.cli import main
+    from camscope.run.config import prepare
+
+    make_images(tmp_path / "in", 2, seed=5)
+    common = dict(
+        inputs=(str(tmp_path / "in"),),
+        methods=("gradcam",),
+        model="test_resnet",
+        random_weights=True,
+        metrics=True,
+        steps=2,
+        sanity_images=0,
+    )
+    without = RunConfig(out_dir=str(tmp_path / "a"), road=False, **common)
+    with_road = RunConfig(out_dir=str(tmp_path / "b"), **common)
+    assert "road" not in prepare(without).settings and "road" in prepare(with_road).settings
+    run_local(without)
+    run_local(with_road)
+    a = {r["name"]: r for r in results.read_table([tmp_path / "a"]).to_pylist()}
+    b = {r["name"]: r for r in results.read_table([tmp_path / "b"]).to_pylist()}
+    for name in a:
+        assert a[name]["road_morf"] is None and a[name]["road_morf_curve"] is None
+        assert b[name]["road_morf"] is not None
+        assert a[name]["deletion_auc"] == b[name]["deletion_auc"]
+    # the CLI flag is generated from the same declaration
+    out = CliRunner().invoke(main, ["run", "--help"])
+    assert "--road / --no-road" in out.output

@@ -92,8 +92,8 @@ class Option:
 
     @property
     def flag(self) -> str:
-        """The long flag, for messages (``--batch-size``)."""
-        return self.flags[0] if self.flags else ""
+        """The long flag, for messages (``--batch-size``; ``--road`` of ``--road/--no-road``)."""
+        return self.flags[0].split("/")[0] if self.flags else ""
 
 
 def _opt(default: Any, help: str, *flags: str, **kw: Any) -> Any:
@@ -200,6 +200,16 @@ class RunConfig:
         "sanity.parquet, report.html and report.md.",
         "--metrics",
         kind="flag",
+    )
+    road: bool = _opt(
+        True,
+        "With --metrics, also measure ROAD (Rong et al. 2022: MoRF, LeRF and their combination). "
+        "Its noisy linear imputation is a sparse solve per image and fraction, the dearest metric "
+        "on a CPU (BENCHMARKS.md); --no-road leaves it out (and resumes a metrics run made "
+        "before ROAD existed).",
+        "--road/--no-road",
+        kind="flag",
+        show_default=True,
     )
     labels: str | None = _opt(
         None,
@@ -313,7 +323,7 @@ def click_options(names: Sequence[str] | None = None) -> list[Any]:
         o, default = declared[name], _default(name)
         kw: dict[str, Any] = {"help": o.help}
         if o.kind == "flag":
-            kw["is_flag"] = True
+            kw.update(is_flag=True, default=default, show_default=o.show_default)
         else:
             kind = {"path": click.Path(dir_okay=False), "file": click.Path(dir_okay=False)}
             kw["type"] = click.Choice(o.choices) if o.choices else kind.get(o.kind, o.kind)
@@ -544,7 +554,7 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
         "steps": c.steps if c.metrics else None,
         "save_maps": c.save_maps,
     }
-    if c.metrics:  # ROAD's fractions and noise change the per-image numbers
+    if c.metrics and c.road:  # ROAD's fractions and noise change the per-image numbers
         out["road"] = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE}
     if c.boxes:
         out["boxes"] = _boxes_identity(c.boxes)

@@ -178,7 +178,7 @@ class BatchExplainer:
             return {}
         start = time.perf_counter()
         cfg, loaded = self.ctx.config, self.ctx.loaded
-        road_passes = 2 * len(ROAD_FRACTIONS)
+        road_passes = 2 * len(ROAD_FRACTIONS) if cfg.road else 0
         passes = len(x) * (2 * cfg.steps + 2 + road_passes) * len(maps)
         self.engine.prepare(x, expected_passes=passes)
         seeds = [int(k[:15], 16) for k in keys] if keys else list(range(len(x)))
@@ -205,7 +205,7 @@ class BatchExplainer:
                 "insertion_auc": f.insertion_auc,
                 "deletion_curve": f.deletion_curve,
                 "insertion_curve": f.insertion_curve,
-                **_road_columns(self.engine, x, m, targets, seeds),
+                **(_road_columns(self.engine, x, m, targets, seeds) if cfg.road else {}),
             }
         self.seconds["metrics"] += time.perf_counter() - start
         return out
