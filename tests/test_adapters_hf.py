@@ -180,12 +180,18 @@ def test_import_camscope_does_not_import_transformers():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_layer_without_gradient_is_refused_not_drawn(tmp_path, vit_folder):
+def test_layer_without_gradient_is_refused_not_drawn(tmp_path, vit_folder, caplog):
     from camscope.methods.base import NoGradientError
 
     model = build("vit")
     with pytest.raises(NoGradientError, match="exactly zero"):
-        GradCAM(model, target_layers="vit.layers.1").explain(_inputs("vit"), targets=[0, 1])
+        cam = GradCAM(model, target_layers="vit.layers.1", refuse_no_gradient=True)
+        cam.explain(_inputs("vit"), targets=[0, 1])
+    # the API's default is pytorch-grad-cam's: all-zero maps, flagged empty, and one warning
+    with caplog.at_level("WARNING", logger="camscope"):
+        result = GradCAM(model, target_layers="vit.layers.1").explain(_inputs("vit"), [0, 1])
+    assert bool(result.empty.all()) and not bool(result.maps.any())
+    assert any("exactly zero" in r.getMessage() for r in caplog.records)
     make_images(tmp_path / "in", 2)
     base = ["run", str(tmp_path / "in"), "--model", str(vit_folder), "--layer", "vit.layers.1"]
     base += ["--sanity-images", "0"]

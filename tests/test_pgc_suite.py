@@ -5,7 +5,7 @@ pytorch-grad-cam's ``tests/`` and its example image, pretrained weights swapped 
 (its README). This test does what its README tells a user to do: copy it to a temporary folder,
 replace ``pytorch_grad_cam`` with ``camscope`` in every test file, and run pytest there, in a
 subprocess with this checkout first on the path. Every test must pass but the
-`KNOWN_FAILURES` (215 of 217 on 2026-12-03). Skipped, with the
+`KNOWN_FAILURES` (none: 217 of 217). Skipped, with the
 reason, when the folder is absent. The suite takes minutes on one CPU thread (see
 BENCHMARKS.md); its CUDA file returns early without a GPU, as upstream's does.
 """
@@ -22,15 +22,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Known differences, each a decision for the lead (issue 16), listed so that anything else fails:
-# RefineCAM(XGradCAM) scores ARCC's coherency on the image masked by its own map; with the random
-# weights of the suite (their draw depends on the tests run before) the masked image's gradient
-# at layer4.0 can be exactly zero, where camscope raises NoGradientError and pytorch-grad-cam
-# returns an empty map.
-KNOWN_FAILURES = {
-    "tests/test_refine_cam.py::test_refine_cam[XGradCAM-2-112-112-resnet18-target_layer_names0]",
-    "tests/test_refine_cam.py::test_refine_cam[XGradCAM-1-224-224-resnet18-target_layer_names0]",
-}
+# Known differences, listed so that anything else fails (none: camscope returns pytorch-grad-cam's
+# empty map where the target's gradient is exactly zero, e.g. RefineCAM(XGradCAM) under ARCC).
+KNOWN_FAILURES: set[str] = set()
 SUITE = Path(os.environ.get("CAMSCOPE_PGC_TESTS", ROOT.parent / "shared" / "pgc-tests"))
 
 

@@ -270,6 +270,11 @@ class BaseCAM:
         eigen_sign: how ``eigen_smooth`` (and the eigen methods) orient the principal
             component: ``"pytorch-grad-cam"`` (default, its solver's sign) or ``"mean"``
             (camscope's, the registry's choice), see `first_component`.
+        refuse_no_gradient: when the target's gradient at the layer is exactly zero for every
+            image (the target does not depend on it: a ViT's last block), raise
+            `NoGradientError` instead of returning empty maps. Default False, as
+            pytorch-grad-cam: the maps are all zero, flagged ``empty`` in `CAMResult`, and one
+            warning says why. ``camscope run`` refuses such a layer before the first image.
 
     Attributes:
         outputs: the model outputs of the last call's unmodified inputs (pytorch-grad-cam's
@@ -296,6 +301,7 @@ class BaseCAM:
         *,
         output: str | int | Callable[[Any], torch.Tensor] | None = None,
         eigen_sign: str = "pytorch-grad-cam",
+        refuse_no_gradient: bool = False,
     ) -> None:
         self._runners: list[FeatureRunner | None] = []  # first: __del__ must find it
         self.model = model
@@ -317,6 +323,7 @@ class BaseCAM:
         self.reshape_transform = reshape_transform
         self.adapt = output_adapter(output)
         self.eigen_sign = eigen_sign
+        self.refuse_no_gradient = refuse_no_gradient
         if compute_input_gradient is not None:
             self.compute_input_gradient = bool(compute_input_gradient)
         if uses_gradients is not None:
@@ -537,12 +544,15 @@ class BaseCAM:
                 (grads,) = torch.autograd.grad(score, leaf, allow_unused=True)
             grads = torch.zeros_like(leaf) if grads is None else grads
             if not bool(ctx.view.to_map(grads).any()):  # the map's positions, not CLS tokens
-                raise NoGradientError(
+                why = (
                     f"layer {ctx.layer}: the target's gradient there is exactly zero for every "
-                    f"image, so {type(self).__name__} would draw an empty map; the target does "
+                    f"image, so {type(self).__name__} draws an empty map; the target does "
                     "not depend on this layer's output (a ViT's last block: its patch tokens "
                     "never reach the class token) - choose an earlier layer"
                 )
+                if self.refuse_no_gradient:
+                    raise NoGradientError(why)
+                log.warning(why)
             ctx.grads = ctx.view.to_map(grads)
         return ctx.grads
 

@@ -511,7 +511,7 @@ def _check_gradient(loaded: LoadedModel, layer: str, device: torch.device, targe
         device
     )
     try:
-        with GradCAM(loaded.model, layer) as cam:
+        with GradCAM(loaded.model, layer, refuse_no_gradient=True) as cam:
             given = target if isinstance(target, int | NamedTarget) else None
             cam.explain(noise, targets=given)
     except NoGradientError as exc:
