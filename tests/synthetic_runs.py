@@ -29,7 +29,31 @@ def _image(folder: Path, i: int, rng: np.random.Generator) -> Path:
     return path
 
 
-def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) -> list[dict]:
+def complexity(raw: np.ndarray) -> dict[str, float | None]:
+    """Sparseness (Gini) and entropy of a map, float64, textbook formulas (None: no mass)."""
+    a = np.sort(np.abs(raw.astype(np.float64)).ravel())
+    if a.sum() == 0:
+        return {"sparseness": None, "entropy": None}
+    k = np.arange(1, a.size + 1)
+    p = a[a > 0] / a.sum()
+    gini = float(((2 * k - a.size - 1) * a).sum() / (a.size * a.sum()))
+    return {"sparseness": gini, "entropy": float(-(p * np.log(p)).sum())}
+
+
+def localisation(i: int, k: int, seed: int, shift: float) -> dict[str, float]:
+    """Localisation values of method number ``k`` on image ``i`` (own stream: others unchanged)."""
+    rng = np.random.default_rng([seed, i, 7, k])
+    mass = float(np.clip(rng.normal(0.6 - 2 * shift * k, 0.1), 0, 1))
+    return {
+        "pointing_game": float(rng.random() < 0.8 - 2 * shift * k),
+        "energy_pointing_game": float(np.clip(mass + rng.normal(0, 0.05), 0, 1)),
+        "relevance_mass": mass,
+        "relevance_rank": float(np.clip(mass - 0.1 + rng.normal(0, 0.05), 0, 1)),
+    }
+
+
+def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase, boxes,
+              seed) -> list[dict]:  # fmt: skip
     key = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
     base = {
         "key": key, "name": path.stem, "file": str(path), "settings_hash": "abc",
@@ -44,7 +68,10 @@ def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) 
         is_empty = bool(empty.get(m, 0) > i)
         raw = np.zeros((7, 7), np.float32) if is_empty else rng.random((7, 7), dtype=np.float32)
         row = dict(base, method=m, empty=is_empty, seconds=0.01, raw=raw.ravel().tolist(),
-                   raw_h=7, raw_w=7, share_above_half=float(rng.uniform(0, 0.5)))  # fmt: skip
+                   raw_h=7, raw_w=7, share_above_half=float(rng.uniform(0, 0.5)),
+                   **complexity(raw))  # fmt: skip
+        if boxes(i):  # as --boxes: with or without --metrics, only for images with boxes
+            row.update(localisation(i, k, seed, shift))
         if metrics:
             dele = float(np.clip(rng.normal(0.2 + shift * k, 0.05), 0, 1))
             ins = float(np.clip(rng.normal(0.6 - shift * k, 0.05), 0, 1))
@@ -55,6 +82,7 @@ def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase) 
                 deletion_auc=dele, insertion_auc=ins, increase=bool(increase(i, k)),
                 deletion_curve=curve.tolist(), insertion_curve=curve[::-1].tolist(),
                 road_morf=0.9 * dele, road_lerf=0.5 + 0.5 * ins,  # no draw: streams unchanged
+                road_combined=(0.5 + 0.5 * ins - 0.9 * dele) / 2,
             )  # fmt: skip
         for other in methods:
             if other != m:
@@ -80,11 +108,15 @@ def make_run(
     sanity: dict[str, tuple[list[float], list[bool]]] | None = None,
     images: Path | None = None,
     seed: int = 0,
+    boxes=None,
 ) -> Path:
     """A run folder with images ``start .. start + n - 1`` (the same i -> the same image).
 
     empty: method -> the first k images get an empty map. failures: that many extra failed
     inputs. sanity: method -> (final-step Spearman per image, empty randomised per image).
+    Complexity (sparseness, entropy of the raw map) is in every row, as in a run; boxes: a
+    predicate of i, the images with ground-truth boxes (localisation values, better for
+    earlier methods by ``2 * shift`` per method; None = a run without --boxes).
     """
     folder.mkdir(parents=True, exist_ok=True)
     images = images or folder.parent / "inputs"
@@ -97,7 +129,8 @@ def make_run(
             _image(images, i, np.random.default_rng(i))
         rng = np.random.default_rng([seed, i])  # the same image gets the same rows in any shard
         rows += _rows_for(i, path, methods, rng, metrics=metrics, steps=steps,
-                          empty=empty or {}, shift=shift, increase=increase)  # fmt: skip
+                          empty=empty or {}, shift=shift, increase=increase,
+                          boxes=boxes or (lambda i: False), seed=seed)  # fmt: skip
     for j in range(failures):
         rows.append({"key": f"{j:032x}", "name": f"broken{start + j}", "status": "failed",
                      "settings_hash": "abc",
@@ -117,6 +150,8 @@ def make_run(
         results.write_sanity(folder, srows)
     run = {"state": "complete", "settings": {"model": "synthetic", "layer": "layer4",
            "methods": methods, "steps": steps}, "settings_hash": "abc"}  # fmt: skip
+    if boxes is not None:
+        run["settings"]["boxes"] = "synthetic"
     (folder / "run.json").write_text(json.dumps(run))
     if metrics:  # as the run's end writes it
         from camscope.run.finalize import write_metrics_csv

@@ -444,6 +444,18 @@ def kendall_tau_b(
         return np.where(denom > 0, (sx * sy).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
 
 
+def _column_means(values: np.ndarray, resamples: int, seed: int) -> tuple:
+    """Each column's mean over its finite rows, its count, and the resampled means (R, p)."""
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        point = np.where(count > 0, np.where(finite, values, 0).sum(0) / np.maximum(count, 1),
+                         np.nan)  # fmt: skip
+    n = values.shape[0]
+    boot = _resampled_means(values, resamples, seed) if n else np.empty((0, values.shape[1]))
+    return point, count, boot
+
+
 def ranking_agreement(
     samples: Mapping[str, Mapping[str, object]],
     higher_is_better: Mapping[str, bool],
@@ -458,11 +470,13 @@ def ranking_agreement(
 
     ``samples``: metric -> method -> per-image values, aligned over the same images (NaN = no
     value). A metric's order is that of the methods' means (better first, ties within
-    ``tolerance[metric]``). For each pair of metrics, only the methods with a mean on both count;
-    images are resampled together (the same resampled images for every metric and method) and
-    the interval is the percentile interval of the resampled taus. tau = 1: the two metrics
-    order the methods alike; 0: unrelated; -1: reversed. Meaningful when every image count is at
-    least ``min_n``.
+    ``tolerance[metric]``). For each pair of metrics, only the methods with a mean on both count,
+    and each method's two means are taken over the same images: those where it has a value of
+    both metrics (a metric measured on some images only, e.g. localisation where there are
+    boxes, is compared with another on those images). Images are resampled together (the same
+    resampled images for every metric, method and pair) and the interval is the percentile
+    interval of the resampled taus. tau = 1: the two metrics order the methods alike; 0:
+    unrelated; -1: reversed. Meaningful when every image count is at least ``min_n``.
     """
     metrics = list(samples)
     tolerance = tolerance or {}
@@ -471,33 +485,37 @@ def ranking_agreement(
     if len(n_images) > 1:
         raise ValueError(f"samples differ in length: {sorted(n_images)}")
     n = n_images.pop() if n_images else 0
+    k = len(methods)
     cols = []
-    for k in metrics:
-        sign = 1.0 if higher_is_better[k] else -1.0
+    for metric in metrics:
+        sign = 1.0 if higher_is_better[metric] else -1.0
         for m in methods:
-            v = samples[k].get(m)
+            v = samples[metric].get(m)
             cols.append(sign * _as_array(v) if v is not None else np.full(n, np.nan))
     values = np.stack(cols, axis=1) if cols else np.empty((n, 0))
     finite = np.isfinite(values)
-    count = finite.sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        point = np.where(count > 0, np.where(finite, values, 0).sum(0) / np.maximum(count, 1),
-                         np.nan).reshape(len(metrics), len(methods))  # fmt: skip
-    boot = _resampled_means(values, resamples, seed) if n else np.empty((0, values.shape[1]))
-    boot = boot.reshape(-1, len(metrics), len(methods))
-    count = count.reshape(len(metrics), len(methods))
+    joint = _column_means(values, resamples, seed)
     out = {}
     alpha = (1 - confidence) / 2
     for a, b in itertools.combinations(range(len(metrics)), 2):
-        both = np.isfinite(point[a]) & np.isfinite(point[b])
+        sa, sb = slice(a * k, (a + 1) * k), slice(b * k, (b + 1) * k)
+        common = finite[:, sa] & finite[:, sb]
+        if (common == finite[:, sa]).all() and (common == finite[:, sb]).all():
+            point, count, boot = (x[..., np.r_[sa, sb]] for x in joint)
+        else:  # the pair on the images both metrics have, per method
+            pair = np.where(np.concatenate([common, common], axis=1),
+                            values[:, np.r_[sa, sb]], np.nan)  # fmt: skip
+            point, count, boot = _column_means(pair, resamples, seed)
+        pa_, pb_ = point[:k], point[k:]
+        both = np.isfinite(pa_) & np.isfinite(pb_)
         ta, tb = tolerance.get(metrics[a], 0.0), tolerance.get(metrics[b], 0.0)
-        tau = float(kendall_tau_b(point[a][both], point[b][both], ta, tb))
-        taus = kendall_tau_b(boot[:, a][:, both], boot[:, b][:, both], ta, tb)
+        tau = float(kendall_tau_b(pa_[both], pb_[both], ta, tb))
+        taus = kendall_tau_b(boot[:, :k][:, both], boot[:, k:][:, both], ta, tb)
         taus = taus[np.isfinite(taus)]
         low, high = (math.nan, math.nan)
         if taus.size and math.isfinite(tau):
             low, high = (float(v) for v in np.quantile(taus, [alpha, 1 - alpha]))
-        images = int(min(count[a][both].min(initial=n), count[b][both].min(initial=n)))
+        images = int(min(count[:k][both].min(initial=n), count[k:][both].min(initial=n)))
         meaningful = bool(both.sum() >= 2 and images >= min_n and math.isfinite(low))
         out[(metrics[a], metrics[b])] = Interval(
             tau, low, high, images, "bootstrap percentile", meaningful

@@ -136,6 +136,15 @@ def _notes(runs: list[dict], dirs: Sequence[Path]) -> list[str]:
     return notes
 
 
+def _boxes_note(runs: list[dict], summary: Summary, n: int) -> list[str]:
+    """A run given --boxes where no image had any: said, as the summary has no table to say it."""
+    given = any(_settings(r).get("boxes") for r in runs)
+    if given and not summary.of_kind("localisation"):
+        return [f"Localisation: --boxes was given but none of the {n:,} images had boxes, so no "
+                "localisation metric was measured."]  # fmt: skip
+    return []
+
+
 def _links(out_dir: Path, dirs: Sequence[Path]) -> list[tuple[str, str]]:
     """Relative links to each folder's metrics.csv (when written) and results table."""
     links = []
@@ -209,7 +218,7 @@ def build_report(
         steps=steps,
         thresholds=thresholds,
         figures=_figures(table, s, summary),
-        notes=_notes(runs, dirs),
+        notes=_notes(runs, dirs) + _boxes_note(runs, summary, s.n),
     )
     ctx.sections = select_sections(s, gallery_cap, seed)
     ctx.cards = make_cards(table, s, ctx.sections)

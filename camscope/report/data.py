@@ -84,6 +84,10 @@ class MetricSpec:
     that share a family are settings of one metric (e.g. ROAD most- and least-relevant first,
     deletion with a mean or a blurred baseline); the robustness analysis reports agreement
     between settings apart from agreement between metrics (default: the key, its own family).
+    kind: what the metric needs and how the report groups it: "faithfulness" (forward passes,
+    only with --metrics), "localisation" (only with --boxes, NaN for an image without boxes)
+    or "complexity" (every map of every run). reading: for a metric that is not ranked, what a
+    higher value means ("higher = sparser"), shown instead of a better direction.
     """
 
     key: str
@@ -98,6 +102,8 @@ class MetricSpec:
     definition: str = ""
     ranked: bool = True
     family: str = ""
+    kind: str = "faithfulness"
+    reading: str = ""
 
     @property
     def group(self) -> str:
@@ -112,7 +118,9 @@ class MetricSpec:
 
     @property
     def direction(self) -> str:
-        """The phrase "higher is better" or "lower is better", for the report's tables."""
+        """Higher / lower "is better"; "descriptive[: reading]" for a metric not ranked."""
+        if not self.ranked:
+            return f"descriptive: {self.reading}" if self.reading else "descriptive"
         return "higher is better" if self.higher_is_better else "lower is better"
 
     @property
@@ -138,6 +146,28 @@ _ROAD = (
     "arXiv:2202.00449)."
 )
 
+_POINTING = (
+    "Pointing game: a hit when the map's maximum lies within 15 px of a ground-truth box "
+    "(Zhang et al., ECCV 2016, arXiv:1608.00507); the share of hits, with a Wilson interval. "
+    "Energy-based pointing game: the share of the min-max normalised map's sum inside the boxes "
+    "(Wang et al., Score-CAM, CVPR-W 2020, arXiv:1910.01279)."
+)
+_RELEVANCE = (
+    "Relevance mass: the share of the map's positive values inside the boxes; relevance rank: "
+    "the share of the K highest pixels inside the boxes, K their area (Arras et al., CLEVR-XAI, "
+    "Information Fusion 2022, arXiv:2003.07258). Localisation metrics need --boxes; an image "
+    "without boxes is left out of them (and of their comparisons)."
+)
+_COMPLEXITY = (
+    "Sparseness: the Gini index of the map's absolute values, 0 = every pixel equal, near 1 = "
+    "one pixel holds everything (Chalasani et al., ICML 2020, arXiv:1810.06583). Entropy: the "
+    "Shannon entropy (nats) of the map's values divided by their sum, 0 = one pixel, ln(H×W) = "
+    "uniform (Bhatt et al., IJCAI 2020, arXiv:2005.00631). Both describe the maps and rank "
+    "nothing: a sparser map is not a more faithful one."
+)
+_LOC = {"kind": "localisation"}
+_CPX = {"kind": "complexity", "ranked": False}
+
 #: Every per-image metric of the results table, in report order (one declaration each).
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("average_drop", "Average Drop", "%", 100.0, False, 1, definition=_DROP),
@@ -146,7 +176,22 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
     MetricSpec("road_morf", "ROAD MoRF", "", 1.0, False, 3, definition=_ROAD, family="road"),
     MetricSpec("road_lerf", "ROAD LeRF", "", 1.0, True, 3, family="road"),
-)
+    MetricSpec("road_combined", "ROAD combined", "", 1.0, True, 3, bounds=(-0.5, 0.5),
+               definition="ROAD combined = (LeRF − MoRF) / 2, in [−0.5, 0.5].", family="road"),
+    MetricSpec("pointing_game", "Pointing game", "%", 100.0, True, 1, interval="wilson",
+               definition=_POINTING, **_LOC),
+    MetricSpec("energy_pointing_game", "Energy pointing game", "", 1.0, True, 3, **_LOC),
+    MetricSpec("relevance_mass", "Relevance mass", "", 1.0, True, 3, definition=_RELEVANCE,
+               **_LOC),
+    MetricSpec("relevance_rank", "Relevance rank", "", 1.0, True, 3, **_LOC),
+    MetricSpec("sparseness", "Sparseness (Gini)", "", 1.0, True, 3, definition=_COMPLEXITY,
+               reading="higher = sparser", **_CPX),
+    MetricSpec("entropy", "Entropy (nats)", "", 1.0, False, 2, bounds=(0.0, math.inf),
+               tie=5e-3, reading="higher = more spread", **_CPX),
+)  # fmt: skip
+
+#: What each kind of metric needs, as the report says it.
+KIND_SOURCE = {"faithfulness": "--metrics", "localisation": "--boxes", "complexity": "every map"}
 
 #: Per-image columns (shared by every method of an image) kept for captions and prose.
 IMAGE_COLUMNS = (
@@ -168,7 +213,8 @@ class Scalars:
     column -> (N,) float64, NaN where missing; columns are ``_method_columns()`` plus
     ``pearson__X`` / ``top20_iou__X``. rows: method -> (N,) int64 position of that image's row
     in `RunTable.batches` order (-1 where missing), to fetch maps of chosen images later.
-    failures: name, file, error of failed inputs.
+    failures: name, file, error of failed inputs. has_metrics: faithfulness was measured (a run
+    with --metrics; complexity, in every run, and localisation, with --boxes, do not count).
     """
 
     methods: list[str]
@@ -228,7 +274,12 @@ def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
             full = np.full(n, np.nan)
             full[image[sel]] = _as_float(okd[c].take(pa.array(sel)))
             values[m][c] = full
-    has_metrics = any(np.isfinite(values[m][spec.key]).any() for m in methods for spec in METRICS)
+    has_metrics = any(
+        np.isfinite(values[m][spec.key]).any()
+        for m in methods
+        for spec in METRICS
+        if spec.kind == "faithfulness"  # complexity is in every run, localisation with --boxes
+    )
     return Scalars(methods, images, values, rows, failures, has_metrics)
 
 
@@ -239,7 +290,9 @@ class Summary:
     intervals: method -> metric key -> `Interval`. n: method -> images with a map.
     empty: method -> images whose map is empty. rankings: metric key -> `Ranking`.
     agreement: (a, b) -> {"pearson": Interval, "top20_iou": Interval}. sanity: method ->
-    `SanityVerdict` (+ ``sanity_steps``: method -> (steps, last block)).
+    `SanityVerdict` (+ ``sanity_steps``: method -> (steps, last block)). measured: the metrics
+    with a value for some method. coverage: metric kind -> images with a value of a metric of
+    that kind for some method (localisation: the images that had boxes).
     """
 
     intervals: dict[str, dict[str, Interval]]
@@ -253,11 +306,16 @@ class Summary:
     min_n: int = MIN_N
     measured: list[MetricSpec] = field(default_factory=list)
     metric_agreement: dict[tuple[str, str], Interval] = field(default_factory=dict)
+    coverage: dict[str, int] = field(default_factory=dict)
 
     @property
     def ranked(self) -> list[MetricSpec]:
         """The measured metrics that rank methods and have a ranking."""
         return [m for m in self.measured if m.ranked and self.rankings.get(m.key)]
+
+    def of_kind(self, kind: str) -> list[MetricSpec]:
+        """The measured metrics of one kind ("faithfulness", "localisation", "complexity")."""
+        return [m for m in self.measured if m.kind == kind]
 
 
 def _interval(spec: MetricSpec, values: np.ndarray, resamples: int) -> Interval:
@@ -333,6 +391,10 @@ def summarise(
             resamples=resamples,
         )
     verdicts, steps = _sanity(sanity, thresholds.sanity_threshold)
+    coverage = {}
+    for kind in dict.fromkeys(spec.kind for spec in METRICS):
+        cols = [s.values[m][spec.key] for spec in METRICS if spec.kind == kind for m in s.methods]
+        coverage[kind] = int(np.isfinite(np.stack(cols)).any(axis=0).sum()) if cols else 0
     return Summary(
         intervals=intervals,
         n={m: int((s.rows[m] >= 0).sum()) for m in s.methods},
@@ -344,4 +406,5 @@ def summarise(
         resamples=resamples,
         measured=measured,
         metric_agreement=metric_agreement,
+        coverage=coverage,
     )

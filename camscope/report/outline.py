@@ -28,6 +28,7 @@ from camscope.report.text import (
     definitions,
     image_findings,
     interval_text,
+    kind_blocks,
     label,
     ranking_paragraph,
     robustness,
@@ -43,7 +44,10 @@ FAILURES_SHOWN = 50
 
 
 def _summary(ctx: ReportContext) -> list[Block]:
-    return [summary_table(ctx.scalars, ctx.summary)]
+    blocks: list[Block] = [summary_table(ctx.scalars, ctx.summary)]
+    for kind in ("localisation", "complexity"):
+        blocks += kind_blocks(ctx.scalars, ctx.summary, kind)
+    return blocks
 
 
 def _statistics(ctx: ReportContext) -> list[Block]:
@@ -51,9 +55,10 @@ def _statistics(ctx: ReportContext) -> list[Block]:
 
 
 def _rankings(ctx: ReportContext) -> list[Block]:
-    if not ctx.scalars.has_metrics:
-        return [Paragraph("Faithfulness was not measured (run without --metrics): no ranking.")]
     blocks: list[Block] = []
+    if not ctx.scalars.has_metrics:
+        text = "Faithfulness was not measured (run without --metrics): no ranking by it."
+        blocks.append(Paragraph(text if ctx.summary.ranked else text.replace(" by it", "")))
     for spec in ctx.summary.ranked:  # metrics that only describe maps are not ranked
         rk = ctx.summary.rankings[spec.key]
         if not rk.order:
@@ -65,7 +70,7 @@ def _rankings(ctx: ReportContext) -> list[Block]:
 
 
 def _robustness(ctx: ReportContext) -> list[Block]:
-    if not ctx.scalars.has_metrics:
+    if not ctx.summary.ranked:  # nothing ranked (complexity alone describes the maps)
         return []
     return list(robustness(ctx.scalars, ctx.summary))
 
@@ -93,7 +98,7 @@ def _plots(ctx: ReportContext) -> list[Block]:
 
 def _card_table(ctx: ReportContext, i: int) -> Table | None:
     s, shown = ctx.scalars, ctx.summary.measured
-    if not s.has_metrics:
+    if not shown:
         return None
     rows = []
     for m in s.methods:

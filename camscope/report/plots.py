@@ -26,6 +26,9 @@ __all__ = ["CurveSums", "curve_sums", "plot_curves", "plot_distributions"]
 #: Up to this many images per method the distribution plot also shows every image as a point.
 POINTS_UP_TO = 200
 
+#: Panels of the distribution plot per row (more metrics wrap onto further rows).
+PANELS_PER_ROW = 5
+
 #: method -> kind ("deletion" | "insertion") -> (sum over images (S+1,), number of images)
 CurveSums = dict[str, dict[str, tuple[np.ndarray, int]]]
 
@@ -108,17 +111,22 @@ def plot_curves(sums: CurveSums) -> Figure:
 def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
     """Per-metric distributions per method.
 
-    One panel per measured metric of `METRICS`: box plots (quartiles, median, whiskers at 1.5
-    IQR), with every image as a jittered point up to `POINTS_UP_TO` images; a yes/no metric
-    (Wilson interval, e.g. Increase in Confidence): the % of images with its interval.
+    One panel per measured metric of `METRICS`, `PANELS_PER_ROW` a row: box plots (quartiles,
+    median, whiskers at 1.5 IQR), with every image as a jittered point up to `POINTS_UP_TO`
+    images; a yes/no metric (Wilson interval, e.g. Increase in Confidence): the % of images with
+    its interval.
     """
     labels = [label(m) for m in s.methods]
     shown = summary.measured or list(METRICS)
-    fig = Figure(figsize=(3 * max(len(shown), 4), 3.8), dpi=100, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(shown)))
+    cols = min(len(shown), PANELS_PER_ROW)
+    rows = -(-len(shown) // cols)
+    fig = Figure(figsize=(3 * max(cols, 4), 3.8 * rows), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
     rng = np.random.default_rng(seed)
     pos = np.arange(len(s.methods))
-    for ax, spec in zip(axes, shown, strict=True):
+    for ax, spec in zip(axes, shown, strict=False):
         data = [s.values[m][spec.key] * spec.scale for m in s.methods]
         data = [d[np.isfinite(d)] for d in data]
         if spec.interval == "wilson":

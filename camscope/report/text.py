@@ -27,6 +27,7 @@ __all__ = [
     "definitions",
     "image_findings",
     "interval_text",
+    "kind_blocks",
     "label",
     "num",
     "ranking_paragraph",
@@ -97,9 +98,28 @@ def statistics_statement(summary: Summary) -> list[str]:
         "AUCs) are reported as tied, and no method is called best then.",
         f"With fewer than {summary.min_n} images an interval is shown but not meaningful and no "
         "difference is called significant.",
+        *_kind_statements(summary),
         "Ranking robustness: Kendall's τ-b between two metrics' orders of the methods (ties as "
         f"above), with a {_PCT} percentile bootstrap interval over images.",
     ]
+    return lines
+
+
+def _kind_statements(summary: Summary) -> list[str]:
+    """How metrics measured on some images only, and descriptive ones, enter the statistics."""
+    lines = []
+    if summary.of_kind("localisation"):
+        lines.append(
+            "Localisation metrics: means over the images with boxes; a difference between two "
+            "methods uses the images both have a value for (its n is given), and their Kendall "
+            "τ-b with another metric compares each method's two means over the same images."
+        )
+    descriptive = [m.label for m in summary.measured if not m.ranked]
+    if descriptive:
+        lines.append(
+            f"{join(descriptive)} describe the maps: summarised with intervals and compared in "
+            "comparisons.csv, but not ranked and not part of the ranking robustness."
+        )
     return lines
 
 
@@ -157,8 +177,11 @@ def comparison_matrix(spec: MetricSpec, rk: Ranking) -> Matrix:
     """One metric's paired differences as a grid: cell (row a, column b) = a − b."""
     rows = [[_cell(spec, a, b, rk) for b in rk.order] for a in rk.order]
     unit = f" ({spec.unit})" if spec.unit else ""
+    ns = sorted({d.n for d in rk.pairs.values()}) or [0]
+    images = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     return Matrix(
-        caption=f"{spec.label}{unit}: row − column, mean difference [{_PCT} simultaneous interval]",
+        caption=f"{spec.label}{unit}: row − column, mean difference [{_PCT} simultaneous "
+        f"interval], n = {images} images per pair",
         labels=[label(m) for m in rk.order],
         rows=rows,
         legend=f"better / worse: the row's method is significantly better / worse than the "
@@ -293,8 +316,12 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
 
 
 def summary_table(s: Scalars, summary: Summary) -> Table:
-    """The summary for reading: one row per method, "mean [CI]" per measured metric."""
-    shown = summary.measured or list(METRICS)
+    """The summary for reading: one row per method, "mean [CI]" per faithfulness metric measured.
+
+    Localisation and complexity have tables of their own (`kind_blocks`): other images, other
+    meaning.
+    """
+    shown = summary.of_kind("faithfulness")
     header = ["Method", "n", *(f"{m.heading}, {m.direction}" for m in shown)]
     header += ["Empty maps", "Sanity check"]
     rows = []
@@ -309,6 +336,36 @@ def summary_table(s: Scalars, summary: Summary) -> Table:
         row.append("not run" if v is None else f"{v.describe()} (|ρ| {num(v.mean_abs, 2)})")
         rows.append(row)
     return Table(header, rows)
+
+
+_KIND_TEXT = {
+    "localisation": "Localisation against the ground-truth boxes (--boxes): {covered} of {n} "
+    "images had boxes; the others are left out of these metrics and of their comparisons "
+    "(n: the method's images with boxes).",
+    "complexity": "Complexity of the maps, in every run: descriptive, never ranked (a sparser "
+    "or lower-entropy map is not thereby a more faithful one).",
+}
+
+
+def kind_blocks(s: Scalars, summary: Summary, kind: str) -> list[Paragraph | Table]:
+    """The summary of one kind of metric ("localisation", "complexity"): a sentence and a table.
+
+    Nothing when no metric of the kind was measured (a run without --boxes has no empty table).
+    """
+    shown = summary.of_kind(kind)
+    if not shown:
+        return []
+    text = _KIND_TEXT.get(kind, kind).format(covered=summary.coverage.get(kind, 0), n=s.n)
+    header = ["Method", "n", *(f"{m.heading}, {m.direction}" for m in shown)]
+    rows = []
+    for m in s.methods:
+        has = np.zeros(s.n, dtype=bool)
+        for spec in shown:
+            has |= np.isfinite(s.values[m][spec.key])
+        cells = [interval_text(spec, summary.intervals[m][spec.key], summary.min_n)
+                 for spec in shown]  # fmt: skip
+        rows.append([label(m), str(int(has.sum())), *cells])
+    return [Paragraph(text), Table(header, rows)]
 
 
 def definitions(steps: int | None, t: Thresholds) -> list[str]:
