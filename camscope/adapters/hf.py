@@ -18,8 +18,12 @@ itself (its modules and ``config``), never from a list of checkpoint names:
 * the input size (``config.image_size``) and the normalisation (``preprocessor_config.json``
   next to the weights).
 
-Tokens are reshaped to (N, C, h, w) by `camscope.layers.layout` (class and distillation tokens
-dropped) without a ``reshape_transform``.
+* the token grid (`hf_token_grids`): how many prefix tokens (class, distillation, register
+  tokens) come before the patch tokens and the (h, w) patch grid for an input of a given size,
+  from the config (``patch_size``; Swin's ``depths``) and the embeddings' token parameters
+  (``cls_token``, ``distillation_token``, ``register_tokens``, CLIP's ``class_embedding``),
+  never guessed from the token count. `camscope.layers.layout` reshapes tokens to
+  (N, C, h, w) with it (prefix tokens dropped) without a ``reshape_transform``.
 
 `load_hf` reads a ``save_pretrained`` folder or ``hf:NAME`` from the local Hugging Face cache
 only (``local_files_only=True``: never a download). ``transformers`` is an optional extra
@@ -45,6 +49,7 @@ __all__ = [
     "hf_default_layer",
     "hf_input_size",
     "hf_normalisation",
+    "hf_token_grids",
     "is_hf_model",
     "is_hf_spec",
     "load_hf",
@@ -124,6 +129,76 @@ def hf_default_layer(model: nn.Module) -> str | None:
     name, block_list = blocks[-1]
     norm = next(a for a in _BLOCK_INPUT_NORMS if hasattr(block_list[-1], a))
     return f"{name}.{len(block_list) - 1}.{norm}"
+
+
+# the embeddings' parameters that are prefix tokens (CLIP's class_embedding is one (C,) vector)
+_TOKEN_PARAMETERS = ("cls_token", "class_embedding", "distillation_token", "register_tokens")
+TokenGrid = tuple[int, tuple[int, int]]
+
+
+def _find_hf(model: nn.Module) -> nn.Module | None:
+    """The outermost ``transformers`` model in ``model`` (itself, unwrapped, or a submodule)."""
+    if is_hf_model(model):
+        return _unwrap(model)
+    return next((m for m in model.modules() if is_hf_model(m)), None)
+
+
+def _pair(value: object) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))  # type: ignore[call-overload]
+
+
+def _prefix_tokens(embeddings: nn.Module) -> int:
+    """Class + distillation + register tokens the embeddings put before the patch tokens."""
+    count = 0
+    for name in _TOKEN_PARAMETERS:
+        token = getattr(embeddings, name, None)
+        if isinstance(token, nn.Parameter):
+            count += 1 if token.dim() < 2 else int(token.shape[-2])
+    return count
+
+
+def hf_token_grids(model: nn.Module, size: tuple[int, int]) -> list[TokenGrid]:
+    """The token layouts a ``transformers`` vision model declares for (H, W) inputs.
+
+    Each entry is (prefix tokens, (h, w) patch grid); tokens are row-major after the prefix.
+    ViT-style models (ViT, DeiT, BEiT, Data2Vec-Vision, DINOv2 with or without registers,
+    I-JEPA, ViT-MSN, the CLIP / SigLIP vision tower): one entry, the grid of a
+    ``patch_size`` convolution over the actual input (so also with
+    ``interpolate_pos_encoding``), the prefix counted from the embeddings' class /
+    distillation / register token parameters. Swin-style models: one entry per stage (no
+    prefix; the input padded to whole patches, each patch merging halving the grid, rounding
+    up). Anything else (convolutional models, no ``transformers`` model inside): ``[]``.
+
+    ``model`` may be the model itself, camscope's ``LogitsModel`` around it, or any module
+    holding one (a user's wrapper, a CLIP prompt classifier): the outermost one is read.
+    """
+    inner = _find_hf(model)
+    if inner is None:
+        return []
+    config = inner.config
+    config = getattr(config, "vision_config", None) or config
+    if getattr(config, "patch_size", None) is None:
+        return []
+    (height, width), (ph, pw) = size, _pair(config.patch_size)
+    if str(getattr(config, "model_type", "")) in _HIERARCHICAL:
+        grid, grids = (-(-height // ph), -(-width // pw)), []
+        for _stage in getattr(config, "depths", ()):
+            grids.append((0, grid))
+            grid = (-(-grid[0] // 2), -(-grid[1] // 2))
+        return grids
+    embeddings = next(
+        (
+            m
+            for m in inner.modules()
+            if hasattr(m, "patch_embeddings") or hasattr(m, "patch_embedding")
+        ),
+        None,
+    )
+    if embeddings is None:
+        return []
+    return [(_prefix_tokens(embeddings), (height // ph, width // pw))]
 
 
 def hf_categories(model: nn.Module) -> list[str]:

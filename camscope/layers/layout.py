@@ -14,7 +14,8 @@ activations back into the network (prefix tokens put back unchanged).
 `detect_layout` decides the layout from the output's shape, the input size and the model, never
 by guessing: a reading is accepted only if its grid matches the image (one stride for both axes;
 for tokens, the model's own patch grid and prefix-token count where it declares them, e.g.
-timm's ``patch_embed`` and ``num_prefix_tokens`` or torchvision's ``image_size``/``patch_size``).
+timm's ``patch_embed`` and ``num_prefix_tokens``, torchvision's ``image_size``/``patch_size`` or
+a Hugging Face config: `model_token_grid`).
 A shape that fits no reading, or fits two (a (N, 8, 8, 8) map: channels first or last?) without
 a second forward pass at another input size to tell them apart, is refused with a
 `LayoutError` that says why. The caller (`camscope.layers.check_layer`) adds the layer's name and
@@ -244,24 +245,36 @@ def _stride_fits(grid: tuple[int, int], size: tuple[int, int]) -> bool:
 
 
 def model_token_grid(
-    model: nn.Module | None, size: tuple[int, int]
+    model: nn.Module | None, size: tuple[int, int], tokens: int | None = None
 ) -> tuple[int, tuple[int, int]] | None:
     """(prefix tokens, (h, w) patch grid) the model declares for inputs of ``size``, or None.
 
     timm ViT/DeiT/BEiT/EVA: ``num_prefix_tokens`` and ``patch_embed.patch_size``;
-    torchvision ViT: one class token and ``patch_size``.
+    torchvision ViT: one class token and ``patch_size``; Hugging Face ``transformers`` vision
+    models (inside any wrapper): their config and token parameters
+    (`camscope.adapters.hf.hf_token_grids`; Swin: one grid per stage). ``tokens``: the token
+    count of the output being read, which picks a stage; None where it is not one reading.
     """
     if model is None:
         return None
+    readings = set(_declared_grids(model, size))
+    if tokens is not None:
+        readings = {(p, g) for p, g in readings if p + g[0] * g[1] == tokens}
+    return readings.pop() if len(readings) == 1 else None
+
+
+def _declared_grids(model: nn.Module, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
     embed = getattr(model, "patch_embed", None)
     patch = getattr(embed, "patch_size", None) if embed is not None else None
     prefix = getattr(model, "num_prefix_tokens", None)
     if patch is None and hasattr(model, "class_token") and hasattr(model, "image_size"):
         patch, prefix = getattr(model, "patch_size", None), 1  # torchvision VisionTransformer
-    if patch is None or prefix is None:
-        return None
-    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
-    return int(prefix), (size[0] // int(ph), size[1] // int(pw))
+    if patch is not None and prefix is not None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
+        return [(int(prefix), (size[0] // int(ph), size[1] // int(pw)))]
+    from camscope.adapters.hf import hf_token_grids  # a leaf: imports nothing of camscope
+
+    return hf_token_grids(model, size)
 
 
 def _token_grids(tokens: int, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
@@ -279,11 +292,10 @@ def _token_grids(tokens: int, size: tuple[int, int]) -> list[tuple[int, tuple[in
 
 def _detect_tokens(shape: Shape, size: tuple[int, int], model: nn.Module | None) -> Layout:
     n_tokens, channels = int(shape[1]), int(shape[2])
-    declared = model_token_grid(model, size)
+    declared = model_token_grid(model, size, n_tokens)
     if declared is not None:
         prefix, grid = declared
-        if n_tokens == prefix + grid[0] * grid[1]:
-            return Layout(TOKENS, grid, channels, prefix)
+        return Layout(TOKENS, grid, channels, prefix)
     candidates = _token_grids(n_tokens, size)
     if not candidates:
         raise LayoutError(
