@@ -151,7 +151,7 @@ def _failures(ctx: ReportContext) -> list[Block]:
 
 
 def _definitions(ctx: ReportContext) -> list[Block]:
-    return [Bullets(definitions(ctx.steps, ctx.thresholds))]
+    return [Bullets(definitions(ctx.steps, ctx.thresholds, ctx.summary.measured))]
 
 
 def _notes(ctx: ReportContext) -> list[Block]:

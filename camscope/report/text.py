@@ -99,9 +99,12 @@ def statistics_statement(summary: Summary) -> list[str]:
         f"With fewer than {summary.min_n} images an interval is shown but not meaningful and no "
         "difference is called significant.",
         *_kind_statements(summary),
-        "Ranking robustness: Kendall's τ-b between two metrics' orders of the methods (ties as "
-        f"above), with a {_PCT} percentile bootstrap interval over images.",
     ]
+    if len(summary.ranked) > 1:
+        lines.append(
+            "Ranking robustness: Kendall's τ-b between two metrics' orders of the methods (ties "
+            f"as above), with a {_PCT} percentile bootstrap interval over images."
+        )
     return lines
 
 
@@ -368,9 +371,16 @@ def kind_blocks(s: Scalars, summary: Summary, kind: str) -> list[Paragraph | Tab
     return [Paragraph(text), Table(header, rows)]
 
 
-def definitions(steps: int | None, t: Thresholds) -> list[str]:
-    """Metric definitions (declared with each metric) and every threshold the analysis uses."""
-    metrics = [m.definition.replace("{steps}", str(steps or "?")) for m in METRICS if m.definition]
+def definitions(
+    steps: int | None, t: Thresholds, measured: Sequence[MetricSpec] | None = None
+) -> list[str]:
+    """Metric definitions (declared with each metric) and every threshold the analysis uses.
+
+    ``measured``: define only these metrics (a report defines what it shows); None: all.
+    """
+    keys = {m.key for m in (METRICS if measured is None else measured)}
+    metrics = [m.definition.replace("{steps}", str(steps or "?")) for m in METRICS
+               if m.definition and m.key in keys]  # fmt: skip
     return [
         *metrics,
         f"Agreement: Pearson r ≥ {t.strong_agreement} is strong, ≤ {t.weak_agreement} weak; "
