@@ -109,11 +109,36 @@ CASES = {
                         (15, 11), "swin.layernorm", 0, (8, 6)),
 }  # fmt: skip
 
+# SegFormer (overlapping patch embeddings): no patch maps to one token, so no perturbation case;
+# MiT-b0's widths: its last stage (256 channels) at an 8x8 grid reads as 16x16 tokens too
+# (as at 16x16 for a 512x512 input). case -> (builder, input, layer, prefix, grid)
+SEGFORMER = {
+    "segformer-b0-widths": (lambda: transformers.SegformerForSemanticSegmentation(
+        transformers.SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 160, 256],
+                                     decoder_hidden_size=32, num_labels=5)),
+        (256, 256), "segformer.stages.3.layer_norm", 0, (8, 8)),
+    # 7x7 kernel, stride 4, padding 3 on 100x60: 25x15; 3x3 stride 2 padding 1: 13x8
+    "segformer-non-square": (lambda: transformers.SegformerForSemanticSegmentation(
+        transformers.SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                                     hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
+                                     num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+                                     decoder_hidden_size=32, num_labels=5)),
+        (100, 60), "segformer.stages.1.layer_norm", 0, (13, 8)),
+}  # fmt: skip
+
 
 def _build(case: str) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return CASES[case][0]().eval()
+        return (CASES.get(case) or SEGFORMER[case])[0]().eval()
+
+
+def _grad_case(case: str) -> tuple:
+    """(input size, layer, prefix, grid) of a case."""
+    if case in SEGFORMER:
+        return SEGFORMER[case][1:]
+    _b, size, _e, _p, _pre, _g, layer, prefix, grid = CASES[case]
+    return size, layer, prefix, grid
 
 
 def _output(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +175,17 @@ def test_patch_tokens_land_on_their_patch(case):
             assert cells.nonzero().tolist() == [[i, j]], (case, i, j)
 
 
+class _PixelLogits(nn.Module):
+    """A segmenter as a classifier: each class's mean logit (a target that needs every cell)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits.mean(dim=(2, 3))
+
+
 def _reference_gradcam(model, layer, x, targets, prefix, grid) -> torch.Tensor:
     """Grad-CAM in float64 on tokens reshaped by hand: ReLU(sum_k mean(dy/dA_k) A_k)."""
     model = copy.deepcopy(model).double()
@@ -171,11 +207,13 @@ def _reference_gradcam(model, layer, x, targets, prefix, grid) -> torch.Tensor:
     return torch.relu((weights * as_map(kept[0].detach())).sum(1))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(SEGFORMER))
 def test_gradcam_equals_a_float64_reference_on_hand_reshaped_tokens(case):
-    _b, size, _e, _p, _pre, _g, layer, prefix, grid = CASES[case]
+    size, layer, prefix, grid = _grad_case(case)
     model = _build(case)
-    if hf_default_layer(model) is not None:  # the wrapper: no transformers model outside
+    if case in SEGFORMER:
+        model, layer = _PixelLogits(model), f"model.{layer}"
+    elif hf_default_layer(model) is not None:  # the wrapper: no transformers model outside
         assert hf_default_layer(model) == layer
     x = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([0, 2, 4])
@@ -188,11 +226,16 @@ def test_gradcam_equals_a_float64_reference_on_hand_reshaped_tokens(case):
 
 @pytest.mark.parametrize(
     "case, why",
-    [("vit-wide", "ambiguous"), ("swin-wide", "ambiguous"), ("dinov2-registers", "0-2 prefix")],
+    [
+        ("vit-wide", "ambiguous"),
+        ("swin-wide", "ambiguous"),
+        ("dinov2-registers", "0-2 prefix"),
+        ("segformer-b0-widths", "ambiguous"),
+    ],
 )
 def test_the_token_count_alone_does_not_tell_the_grid(case, why):
     """Without the model these layouts are refused: the config is what decides them."""
-    _b, size, _e, _p, _pre, _g, layer, prefix, grid = CASES[case]
+    size, layer, prefix, grid = _grad_case(case)
     model = _build(case)
     shape = tuple(_output(model, layer, torch.zeros(1, 3, *size)).shape)
     with pytest.raises(LayoutError, match=why):
@@ -206,6 +249,13 @@ def test_swin_declares_one_grid_per_stage_and_picks_by_token_count():
     assert hf_token_grids(model, (60, 44)) == [(0, (15, 11)), (0, (8, 6))]
     stage0 = "swin.encoder.layers.0.blocks.0.layernorm_before"
     assert check_layer(model, stage0, (60, 44)).layout.grid == (15, 11)
+
+
+def test_segformer_declares_one_grid_per_stage():
+    model = _build("segformer-non-square")
+    assert hf_token_grids(model, (100, 60)) == [(0, (25, 15)), (0, (13, 8))]
+    stage0 = "segformer.stages.0.layer_norm"
+    assert check_layer(model, stage0, (100, 60)).layout.grid == (25, 15)
 
 
 def test_models_without_tokens_declare_none():

@@ -169,7 +169,9 @@ def hf_token_grids(model: nn.Module, size: tuple[int, int]) -> list[TokenGrid]:
     ``interpolate_pos_encoding``), the prefix counted from the embeddings' class /
     distillation / register token parameters. Swin-style models: one entry per stage (no
     prefix; the input padded to whole patches, each patch merging halving the grid, rounding
-    up). Anything else (convolutional models, no ``transformers`` model inside): ``[]``.
+    up). SegFormer: one entry per stage (overlapping patch embeddings: a convolution of
+    ``patch_sizes[i]`` / ``strides[i]``, padding half the kernel). Anything else
+    (convolutional models, no ``transformers`` model inside): ``[]``.
 
     ``model`` may be the model itself, camscope's ``LogitsModel`` around it, or any module
     holding one (a user's wrapper, a CLIP prompt classifier): the outermost one is read.
@@ -179,6 +181,8 @@ def hf_token_grids(model: nn.Module, size: tuple[int, int]) -> list[TokenGrid]:
         return []
     config = inner.config
     config = getattr(config, "vision_config", None) or config
+    if str(getattr(config, "model_type", "")) == "segformer":
+        return _overlapping_stages(config, size)
     if getattr(config, "patch_size", None) is None:
         return []
     (height, width), (ph, pw) = size, _pair(config.patch_size)
@@ -199,6 +203,18 @@ def hf_token_grids(model: nn.Module, size: tuple[int, int]) -> list[TokenGrid]:
     if embeddings is None:
         return []
     return [(_prefix_tokens(embeddings), (height // ph, width // pw))]
+
+
+def _overlapping_stages(config: object, size: tuple[int, int]) -> list[TokenGrid]:
+    """SegFormer's stages: each a convolution (kernel k, stride s, padding k // 2) of the last."""
+    (height, width), grids = size, []
+    kernels, strides = getattr(config, "patch_sizes", ()), getattr(config, "strides", ())
+    for kernel, stride in zip(kernels, strides, strict=False):
+        pad = int(kernel) // 2
+        height = (height + 2 * pad - int(kernel)) // int(stride) + 1
+        width = (width + 2 * pad - int(kernel)) // int(stride) + 1
+        grids.append((0, (height, width)))
+    return grids
 
 
 def hf_categories(model: nn.Module) -> list[str]:
