@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 
 from camscope.io import save_figure
 
-__all__ = ["GridRow", "colorize", "method_label", "overlay", "save_grid"]
+__all__ = ["GridRow", "colorize", "draw_box", "method_label", "overlay", "save_grid"]
 
 _CELL_INCHES = 2.2  # side of one image cell
 _GAP_INCHES = 0.1  # horizontal gap between cells and figure margin
@@ -71,6 +71,27 @@ def _colour_values(cam: np.ndarray, colormap: str) -> np.ndarray:
 def colorize(cam: np.ndarray, *, colormap: str = "jet") -> np.ndarray:
     """Colour a map in [0, 1] with a matplotlib colormap; uint8 (H, W, 3)."""
     return np.rint(_colour_values(cam, colormap)).astype(np.uint8)
+
+
+def draw_box(
+    rgb: np.ndarray, box: Sequence[float], caption: str = "", colour: tuple = (255, 255, 255)
+) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with the box (x1, y1, x2, y2, pixels) and its caption drawn.
+
+    A 2-pixel outline, the caption on a dark band inside the box's top edge (PIL's default
+    font); a copy, the input is unchanged.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    draw.rectangle([x1, y1, max(x1, x2), max(y1, y2)], outline=colour, width=2)
+    if caption:
+        left, top, right, bottom = draw.textbbox((x1 + 3, y1 + 2), caption)
+        draw.rectangle([left - 2, top - 1, right + 2, bottom + 1], fill=(0, 0, 0))
+        draw.text((x1 + 3, y1 + 2), caption, fill=colour)
+    return np.asarray(image)
 
 
 def overlay(

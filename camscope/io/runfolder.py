@@ -6,7 +6,8 @@ The layout (docs/DESIGN.md); every name below is a constant of this module::
     DIR/results/part-*.parquet    RESULTS / part_name(): the results table, one row per
                                   image x method (long format)
     DIR/sanity.parquet            SANITY: the sanity check on its own small sample
-    DIR/<method>/<name>.npy|.png  map_path(): per --save-maps (MAP_KINDS)
+    DIR/<method>/<name>.npy|.png  map_path(): per --save-maps (MAP_KINDS); per-object tasks:
+                                  <name>.object<K>.npy|.png (OBJECT_INFIX, object_index K)
     DIR/grid.png, grid-2.png ...  grid_page_name(): comparison grid pages (GRID_GLOB)
     DIR/predictions.csv, metrics.csv, summary.csv, comparisons.csv, report.html, report.md,
     curves.png, distributions.png DERIVED_FILES: derived from the table at the end
@@ -55,8 +56,10 @@ __all__ = [
     "DISTRIBUTIONS_PNG",
     "GRID_GLOB",
     "GRID_STEM",
+    "IDENTITY",
     "MAP_KINDS",
     "METRICS_CSV",
+    "OBJECT_INFIX",
     "PAIR_PREFIXES",
     "PART_PREFIX",
     "PART_SUFFIX",
@@ -134,6 +137,11 @@ DERIVED_FILES = (
     SANITY,
 )
 PAIR_PREFIXES = ("pearson__", "top20_iou__")
+#: Per-object map files: ``<name><OBJECT_INFIX><object_index>.npy`` (`map_path`).
+OBJECT_INFIX = ".object"
+#: The columns that identify a row: an image (key, name), its object (null: the whole image,
+#: classification; absent from folders written before objects existed) and the method.
+IDENTITY = ("key", "name", "object", "method")
 
 
 class RunFolderError(Exception):
@@ -165,11 +173,17 @@ def grid_page_name(page: int) -> str:
     return f"{grid_page_stem(page)}.png"
 
 
-def map_path(run_dir: str | Path, method: str, name: str, kind: str = "npy") -> Path:
-    """Where the per-image file of ``kind`` (``npy`` map or ``png`` overlay) lives."""
+def map_path(
+    run_dir: str | Path, method: str, name: str, kind: str = "npy", index: int | None = None
+) -> Path:
+    """Where the per-image file of ``kind`` (``npy`` map or ``png`` overlay) lives.
+
+    ``index``: the object's ``object_index`` (per-object tasks), None for one map per image.
+    """
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be 'npy' or 'png', got {kind!r}")
-    return Path(run_dir) / method / f"{name}.{kind}"
+    stem = name if index is None else f"{name}{OBJECT_INFIX}{int(index)}"
+    return Path(run_dir) / method / f"{stem}.{kind}"
 
 
 def table_schema(methods: Sequence[str]) -> Any:
@@ -185,6 +199,11 @@ def table_schema(methods: Sequence[str]) -> Any:
         ("status", s),
         ("error", s),
         ("method", s),
+        ("object", s),
+        ("object_index", pa.int16()),
+        ("object_score", f32),
+        ("explained_score", f32),
+        ("box", pa.list_(f32)),
         ("top1_index", i32),
         ("target_index", i32),
         ("truth_index", i32),
@@ -266,15 +285,27 @@ def _cause(exc: BaseException) -> str:
 
 
 def _keep_rows(
-    key: Sequence[Any], name: Sequence[Any], method: Sequence[Any], status: Sequence[Any]
+    key: Sequence[Any],
+    name: Sequence[Any],
+    obj: Sequence[Any],
+    method: Sequence[Any],
+    status: Sequence[Any],
 ) -> list[int]:
-    """Indices kept by the de-duplication rule (last row per (key, name, method) wins)."""
-    last: dict[tuple[Any, Any, Any], int] = {}
-    for i, ident in enumerate(zip(key, name, method, strict=True)):
+    """Indices kept by the de-duplication rule (last row per (key, name, object, method) wins)."""
+    last: dict[tuple[Any, Any, Any, Any], int] = {}
+    for i, ident in enumerate(zip(key, name, obj, method, strict=True)):
         last[ident] = i
     ok = {(key[i], name[i]) for i in last.values() if status[i] == "ok"}
-    keep = [i for (k, n, m), i in last.items() if not (m is None and (k, n) in ok)]
+    keep = [i for (k, n, _, m), i in last.items() if not (m is None and (k, n) in ok)]
     return sorted(keep)
+
+
+def _identity(table: Any) -> list[list[Any]]:
+    """The `IDENTITY` columns and ``status`` of ``table`` as lists (``object`` null if absent)."""
+    return [
+        table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
+        for c in (*IDENTITY, "status")
+    ]
 
 
 def read_table(
@@ -291,11 +322,7 @@ def read_table(
     wanted = (
         None
         if columns is None
-        else [
-            c
-            for c in dict.fromkeys([*columns, "key", "name", "method", "status"])
-            if c != "run_dir"
-        ]
+        else [c for c in dict.fromkeys([*columns, *IDENTITY, "status"]) if c != "run_dir"]
     )
     tables = []
     for run_dir in dirs:
@@ -308,13 +335,9 @@ def read_table(
             schema = pa.schema([f for f in schema if f.name in wanted])
         return schema.empty_table().append_column("run_dir", pa.array([], pa.string()))
     table = pa.concat_tables(tables, promote_options="default")
-    cols = {c: table.column(c).to_pylist() for c in ("key", "name", "method", "status")}
-    ident = [
-        f"{d}\0{k}" for d, k in zip(table.column("run_dir").to_pylist(), cols["key"], strict=True)
-    ]
-    table = table.take(
-        pa.array(_keep_rows(ident, cols["name"], cols["method"], cols["status"]), pa.int64())
-    )
+    key, name, obj, method, status = _identity(table)
+    ident = [f"{d}\0{k}" for d, k in zip(table.column("run_dir").to_pylist(), key, strict=True)]
+    table = table.take(pa.array(_keep_rows(ident, name, obj, method, status), pa.int64()))
     if wanted is not None:
         table = table.select([c for c in [*wanted, "run_dir"] if c in table.column_names])
     return table
@@ -334,14 +357,15 @@ def iter_table(
     """
     import pyarrow as pa
 
-    ident_cols = ("key", "name", "method", "status")
+    ident_cols = (*IDENTITY, "status")
     wanted = [c for c in dict.fromkeys([*columns, *ident_cols]) if c != "run_dir"]
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     for run_dir in dirs:
         parts = part_files(run_dir)
         idents = [_read_part(path, ident_cols) for path in parts]
-        cols = {c: [v for t in idents for v in t.column(c).to_pylist()] for c in ident_cols}
-        keep = np.asarray(_keep_rows(*(cols[c] for c in ident_cols)), dtype=np.int64)
+        per_part = [_identity(t) for t in idents]
+        cols = [[v for p in per_part for v in p[c]] for c in range(len(IDENTITY) + 1)]
+        keep = np.asarray(_keep_rows(*cols), dtype=np.int64)
         offset = 0
         for path, ident in zip(parts, idents, strict=True):
             lo, hi = np.searchsorted(keep, [offset, offset + len(ident)])
@@ -490,11 +514,12 @@ def check_maps(run_dir: str | Path) -> tuple[list[str], set[tuple[str, str]]]:
     settings = read_run(run_dir)["settings"]
     size = tuple(int(v) for v in settings.get("image_size", (224, 224)))
     npy = settings.get("save_maps", "both") in ("both", "npy")
-    table = read_table([run_dir], columns=["raw", "raw_h", "raw_w"])
-    for name, method, status, raw, h, w in zip(
+    table = read_table([run_dir], columns=["raw", "raw_h", "raw_w", "object_index"])
+    names = ("name", "method", "status", "raw", "raw_h", "raw_w", "object_index")
+    for name, method, status, raw, h, w, index in zip(
         *(
-            table.column(c).to_pylist()
-            for c in ("name", "method", "status", "raw", "raw_h", "raw_w")
+            table.column(c).to_pylist() if c in table.column_names else [None] * len(table)
+            for c in names
         ),
         strict=True,
     ):
@@ -507,7 +532,7 @@ def check_maps(run_dir: str | Path) -> tuple[list[str], set[tuple[str, str]]]:
             cause = "feature map in the results table has NaN or infinite values"
         where = f"{run_dir / RESULTS} [{name}, {method}]"
         if cause is None and npy:
-            where = str(map_path(run_dir, method, name))
+            where = str(map_path(run_dir, method, name, index=index))
             cause = _check_map(Path(where), size)
         if cause is not None:
             problems.append(f"{where}: {cause}")

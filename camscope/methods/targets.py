@@ -27,6 +27,7 @@ __all__ = [
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "FasterRCNNBoxScoreTarget",
+    "box_match_score",
     "FinerWeightedTarget",
     "NamedTarget",
     "RawScoresOutputTarget",
@@ -144,12 +145,45 @@ class SemanticSegmentationTarget:
         return (model_output[self.category] * mask).sum()
 
 
+def box_match_score(
+    detections: dict[str, torch.Tensor],
+    box: Any,
+    label: int,
+    iou_threshold: float = 0.5,
+    *,
+    same_class: bool = True,
+) -> torch.Tensor | None:
+    """THE box score of one reference box: IoU + confidence of its matching detection (0-d).
+
+    The match is the detection with the highest IoU with ``box``, if that IoU exceeds
+    ``iou_threshold`` and its label is ``label``; None when nothing matches. ``same_class``
+    True looks only among the detections of ``label`` (camscope's detection task: a detector
+    that reports one box under two classes still matches); False among all of them, as
+    pytorch-grad-cam's `FasterRCNNBoxScoreTarget`. The two agree whenever no other class's
+    box overlaps more.
+    """
+    from torchvision.ops import box_iou
+
+    boxes, labels, scores = detections["boxes"], detections["labels"], detections["scores"]
+    if same_class:
+        keep = labels == int(label)
+        boxes, labels, scores = boxes[keep], labels[keep], scores[keep]
+    if len(boxes) == 0:
+        return None
+    ious = box_iou(torch.as_tensor(box).to(boxes).reshape(1, 4), boxes)[0]
+    best = ious.argmax()
+    if ious[best] > iou_threshold and int(labels[best]) == int(label):
+        return ious[best] + scores[best]
+    return None
+
+
 class FasterRCNNBoxScoreTarget:
     """Detections matching ``bounding_boxes`` / ``labels``: the sum of IoU + score of each match.
 
     For each given box, the detection with the highest IoU counts if that IoU exceeds
-    ``iou_threshold`` and its label is the given one. The result is a (1,) tensor on the
-    detections' device and in their dtype (0 when nothing is detected), as pytorch-grad-cam's.
+    ``iou_threshold`` and its label is the given one (`box_match_score` with ``same_class``
+    False). The result is a (1,) tensor on the detections' device and in their dtype (0 when
+    nothing is detected), as pytorch-grad-cam's.
 
     Args:
         labels: one class label per box.
@@ -163,18 +197,14 @@ class FasterRCNNBoxScoreTarget:
         self.iou_threshold = iou_threshold
 
     def __call__(self, model_outputs: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: D102
-        from torchvision.ops import box_iou
-
         boxes = model_outputs["boxes"]
         output = torch.zeros(1, device=boxes.device, dtype=boxes.dtype)
         if len(boxes) == 0:
             return output
         for box, label in zip(self.bounding_boxes, self.labels, strict=False):
-            box = torch.as_tensor(box, device=boxes.device, dtype=boxes.dtype).reshape(1, 4)
-            ious = box_iou(box, boxes)[0]
-            best = ious.argmax()
-            if ious[best] > self.iou_threshold and model_outputs["labels"][best] == label:
-                output = output + ious[best] + model_outputs["scores"][best]
+            score = box_match_score(model_outputs, box, label, self.iou_threshold, same_class=False)
+            if score is not None:
+                output = output + score
         return output
 
 

@@ -247,14 +247,15 @@ def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
     """Read the scalar columns of ``table`` and pivot them per method (see `Scalars`)."""
     agree = [c for c in table.columns if c.startswith(("pearson__", "top20_iou__"))]
     columns = _method_columns()
-    cols = [*IMAGE_COLUMNS, "status", "error", "method", *columns, *agree]
+    cols = [*IMAGE_COLUMNS, "object", "status", "error", "method", *columns, *agree]
     data = table.read(cols)
     position = np.arange(data.num_rows)
     ok = pc.fill_null(pc.equal(data["status"], "ok"), False).to_numpy(zero_copy_only=False)
     failures = data.filter(pa.array(~ok)).select(["name", "file", "error", "run_dir"])
     okd = data.filter(pa.array(ok))
     pos = position[ok]
-    ident = pc.binary_join_element_wise(okd["key"], okd["name"], "\x00")
+    obj = pc.fill_null(pc.cast(okd["object"], pa.string()), "")  # per-object tasks: a unit each
+    ident = pc.binary_join_element_wise(okd["key"], okd["name"], obj, "\x00")
     encoded = pc.dictionary_encode(ident).combine_chunks()
     image = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n = len(encoded.dictionary)

@@ -39,6 +39,7 @@ from camscope.methods.targets import NamedTarget, import_target, is_target_spec
 from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
 from camscope.models import LoadedModel, ModelError
 from camscope.run import _methods
+from camscope.tasks.registry import TASK_OPTIONS, TASKS, TaskParams, get_task
 
 __all__ = [
     "SAVE_MAPS",
@@ -123,6 +124,30 @@ class RunConfig:
     """
 
     inputs: tuple[str, ...] = _opt(tuple, "Image files, folders (searched recursively), globs.")
+    task: str = _opt(
+        "classify",
+        "classify (one map per image), detect (one map per detected object; a torchvision "
+        "detector or module:function as --model), segment (a class over its predicted region; "
+        '--target CLASS, default every predicted class), prompt (CLIP: --target "a photo of a '
+        'cat", several separated by |). camscope/tasks/registry.py.',
+        "--task",
+        choices=tuple(TASKS),
+        show_default=True,
+    )
+    score_threshold: float = _opt(
+        0.5,
+        "--task detect: explain the detections scoring at least this (0..1).",
+        "--score-threshold",
+        kind=float,
+        show_default=True,
+    )
+    max_objects: int | None = _opt(
+        None,
+        "--task detect/segment: explain at most this many objects per image (best first).",
+        "--max-objects",
+        kind=int,
+        minimum=1,
+    )
     out_dir: str = _opt(
         "camscope-output",
         "Run folder (an existing run with the same settings is resumed).",
@@ -287,6 +312,21 @@ class RunConfig:
             check_boxes(self.boxes)
         if self.weights is not None and self.random_weights:
             raise UsageError("--weights and --random-weights exclude each other")
+        if not 0.0 <= float(self.score_threshold) <= 1.0:
+            raise UsageError(f"--score-threshold must be in [0, 1], got {self.score_threshold}")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        """Options the task does not read are refused (never silently ignored)."""
+        task, declared = get_task(self.task), options()
+        for name in TASK_OPTIONS:
+            if name not in task.options and getattr(self, name) != _default(name):
+                raise UsageError(f"{declared[name].flag} is not used by --task {task.name}")
+        if task.per_object:
+            for name in ("boxes", "labels"):
+                if getattr(self, name) is not None:
+                    flag = declared[name].flag
+                    raise UsageError(f"{flag} is for classification runs, not --task {task.name}")
 
 
 def options() -> dict[str, Option]:
@@ -400,6 +440,7 @@ class RunContext:
     target: int | str | None
     settings: dict[str, Any]
     settings_hash: str
+    params: TaskParams | None = None  # a per-object task's settings (None: classification)
 
     @property
     def out_dir(self) -> Path:
@@ -558,6 +599,10 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
         out["road"] = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE}
     if c.boxes:
         out["boxes"] = _boxes_identity(c.boxes)
+    if ctx.params is not None:  # classification settings (and hashes) stay as they were
+        p = ctx.params
+        out["task"] = c.task
+        out["task_params"] = {"score_threshold": p.score_threshold, "max_objects": p.max_objects}
     return out
 
 
@@ -637,7 +682,52 @@ def config_from_record(run: dict[str, Any], **given: Any) -> RunConfig:
         recorded["steps"] = s["steps"]
     if s.get("boxes") and run.get("boxes_file"):
         recorded["boxes"] = run["boxes_file"]
+    if s.get("task"):
+        recorded.update(task=s["task"], **s.get("task_params", {}))
+        if isinstance(s.get("target"), list):
+            recorded["target"] = "|".join(s["target"])
     return RunConfig(**{**recorded, **given})
+
+
+def _task_model(config: RunConfig, device: torch.device, loaded: LoadedModel | None) -> Any:
+    """The task's model, layer and resolved ``--target`` (UsageError, one line)."""
+    task = get_task(config.task)
+    try:
+        if loaded is None:
+            loaded = task.load(config.model, random_weights=config.random_weights, device=device)
+        layer, _ = resolve_layer(loaded.model, config.layer or loaded.default_layer)
+        if task.resolve is None and config.target is not None:
+            raise TargetError(f"--task {task.name} takes no --target (it explains every object)")
+        target = task.resolve(config.target, loaded) if task.resolve else None
+    except (ModelError, TargetError) as exc:
+        raise UsageError(str(exc)) from exc
+    return loaded, layer, target
+
+
+def _prepare_objects(
+    config: RunConfig,
+    methods: list[str],
+    options: dict[str, dict[str, Any]],
+    device: torch.device,
+    loaded: LoadedModel | None,
+) -> RunContext:
+    """`prepare` for a per-object task (camscope.tasks.registry): model, layer, methods."""
+    task = get_task(config.task)
+    loaded, layer, target = _task_model(config, device, loaded)
+    params = TaskParams(config.score_threshold, config.max_objects, target)
+    try:
+        probe = task.probe(loaded, params)
+    except (ValueError, TypeError, ModelError) as exc:
+        raise UsageError(f"--task {task.name}: {one_line(exc)}") from exc
+    for name in methods:  # options are checked by the method's own constructor
+        try:
+            _methods.build(name, probe, layer, options[name]).close()
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{name}: {' '.join(str(exc).split())}") from exc
+    ctx = RunContext(config, loaded, device, layer, methods, options, target, {}, "", params)
+    ctx.settings = _settings(ctx)
+    ctx.settings_hash = settings_hash(ctx.settings)
+    return ctx
 
 
 def prepare(
@@ -659,6 +749,8 @@ def prepare(
     if check_folder:
         _check_out_dir(Path(config.out_dir))
     device = probe_device(config.device)
+    if get_task(config.task).per_object:
+        return _prepare_objects(config, methods, options, device, loaded)
     try:
         loaded = loaded if loaded is not None else _load(config, device)
         loaded.model.to(device)

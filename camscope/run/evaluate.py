@@ -173,6 +173,11 @@ def evaluate_folder(
             f"{run_dir}: the model loaded now differs from the run's "
             f"({', '.join(diff)}); cannot evaluate its maps"
         )
+    if ctx.params is not None:
+        raise UsageError(
+            f"{run_dir}: a --task {ctx.config.task} run is measured while it runs: run it again "
+            "with --metrics into another folder"
+        )
     table = runfolder.read_table([run_dir])
     explainer, prefix, n, state = BatchExplainer(ctx), f"eval-{session_prefix()}", 0, "complete"
     try:

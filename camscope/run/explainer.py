@@ -52,7 +52,14 @@ from camscope.run import _methods
 from camscope.run.collect import WorkItem
 from camscope.run.config import RunContext
 
-__all__ = ["METRICS_BATCH", "BatchExplainer", "BatchOutput", "failed_row"]
+__all__ = [
+    "METRICS_BATCH",
+    "BatchExplainer",
+    "BatchOutput",
+    "MapRow",
+    "failed_row",
+    "make_explainer",
+]
 
 log = logging.getLogger("camscope")
 
@@ -60,14 +67,41 @@ log = logging.getLogger("camscope")
 METRICS_BATCH = 64
 
 
+@dataclass(frozen=True)
+class MapRow:
+    """Whose map row ``r`` of `BatchOutput.maps` is: an image, and an object of it.
+
+    Attributes:
+        item: index into `BatchOutput.items` (and ``rgbs``).
+        index: the object's index in its image (``object_index``); None: one map per image.
+        box: (x1, y1, x2, y2) to draw on the overlay, in input pixels (detections).
+        caption: the box's label and score.
+    """
+
+    item: int
+    index: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    caption: str = ""
+
+
 @dataclass
 class BatchOutput:
-    """What one batch produced: table rows, maps per method (B, H, W) and the resized inputs."""
+    """What one batch produced: table rows, maps per method (R, H, W) and the resized inputs.
+
+    ``objects`` says whose each map row is (`MapRow`); None: one map per image (R = B).
+    """
 
     items: list[WorkItem]
     rows: list[dict[str, Any]]
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     rgbs: list[np.ndarray] = field(default_factory=list)
+    objects: list[MapRow] | None = None
+
+    def map_rows(self) -> list[MapRow]:
+        """One `MapRow` per row of every method's maps."""
+        if self.objects is not None:
+            return self.objects
+        return [MapRow(j) for j in range(len(self.items))]
 
 
 NO_TRUTH = "--target truth: no true class (no ImageNet wnid in the file name, and not in --labels)"
@@ -354,6 +388,15 @@ class BatchExplainer:
             row.update((key, _cell(value[j])) for key, value in cpu.items())
             rows.append(row)
         return rows
+
+
+def make_explainer(ctx: RunContext) -> Any:
+    """The run's compute stage: `BatchExplainer`, or a per-object task's `ObjectExplainer`."""
+    if ctx.params is None:
+        return BatchExplainer(ctx)
+    from camscope.run.objects import ObjectExplainer
+
+    return ObjectExplainer(ctx)
 
 
 def _cell(value: torch.Tensor) -> Any:

@@ -88,6 +88,38 @@ def write_predictions(run_dir: Path, categories: list[str]) -> Path:
     return path
 
 
+OBJECT_COLUMNS = ("object_index", "object", "target_index", "target_name", "object_score", "box")
+
+
+def write_object_predictions(run_dir: Path) -> Path:
+    """predictions.csv of a per-object task: one row per image x object (label, score, box)."""
+    table = runfolder.read_table([run_dir], columns=["file", *OBJECT_COLUMNS, "empty"])
+    cols = _columns(table, table.column_names)
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for i, name in enumerate(cols["name"]):
+        if cols["status"][i] != "ok":
+            continue
+        entry = found.setdefault((name, cols["object_index"][i]), {"i": i, "empty": []})
+        if cols["empty"][i]:
+            entry["empty"].append(cols["method"][i])
+    header = ["name", "file", "object_index", "object", "label", "label_name", "score"]
+    header += ["x1", "y1", "x2", "y2", "empty_maps"]
+    rows = []
+    for ident in sorted(found):
+        i = found[ident]["i"]
+        box = cols["box"][i] or [""] * 4
+        score = cols["object_score"][i]
+        rows.append(
+            [ident[0], cols["file"][i], *(cols[c][i] for c in OBJECT_COLUMNS[:4])]
+            + ["" if score is None else f"{score:.6f}"]
+            + [v if v == "" else f"{v:.1f}" for v in box]
+            + [";".join(found[ident]["empty"])]
+        )
+    path = run_dir / runfolder.PREDICTIONS_CSV
+    write_csv(path, header, rows)
+    return path
+
+
 #: A finished run with this many part files or more gets them merged (`runfolder.compact`).
 COMPACT_FROM = 16
 
@@ -118,11 +150,12 @@ def _cell(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
-    """metrics.csv: one row per image x method with its metrics and agreement values."""
+def write_metrics_csv(run_dir: Path, methods: list[str], objects: bool = False) -> Path:
+    """metrics.csv: one row per image (x object) x method with its metrics and agreement."""
     base = [
         "file",
         "method",
+        *(("object_index", "object") if objects else ()),
         "target_index",
         "target_name",
         "top1_index",
@@ -135,9 +168,14 @@ def write_metrics_csv(run_dir: Path, methods: list[str]) -> Path:
     table = runfolder.read_table([run_dir], columns=[*base, *pairs])
     cols = _columns(table, table.column_names)
     header = ["name", *base, *[c for c in pairs if c in cols]]
-    ok = zip(cols["name"], cols["method"], cols["status"], strict=True)
-    order = sorted((n, m, i) for i, (n, m, s) in enumerate(ok) if s == "ok")
-    rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for _, _, i in order]
+    ok = (cols["name"], cols["method"], cols["status"])
+    index = cols.get("object_index") or [None] * len(cols["name"])
+    order = sorted(
+        (n, -1 if k is None else k, m, i)
+        for i, (n, m, s, k) in enumerate(zip(*ok, index, strict=True))
+        if s == "ok"
+    )
+    rows = [[_cell(cols[c][i]) if c in cols else "" for c in header] for *_, i in order]
     path = run_dir / runfolder.METRICS_CSV
     write_csv(path, header, rows)
     return path
@@ -276,17 +314,22 @@ def finalize(
         out,
         runfolder.PREDICTIONS_CSV,
         run_dir / runfolder.PREDICTIONS_CSV,
-        lambda: write_predictions(run_dir, ctx.loaded.categories),
+        lambda: (
+            write_predictions(run_dir, ctx.loaded.categories)
+            if ctx.params is None
+            else write_object_predictions(run_dir)
+        ),
     )
     if ctx.config.metrics and state == "complete":
         _attempt(
             out,
             runfolder.METRICS_CSV,
             run_dir / runfolder.METRICS_CSV,
-            lambda: write_metrics_csv(run_dir, ctx.methods),
+            lambda: write_metrics_csv(run_dir, ctx.methods, ctx.params is not None),
         )
         sanity = run_dir / runfolder.SANITY
-        if ctx.config.sanity_images and (changed or not sanity.is_file()):
+        sample = ctx.config.sanity_images if ctx.params is None else 0  # classifiers only
+        if sample and (changed or not sanity.is_file()):
             _attempt(
                 out,
                 runfolder.SANITY,

@@ -30,7 +30,7 @@ from camscope.models import LoadedModel, ModelError, wrap_module
 from camscope.run.collect import Plan, WorkItem
 from camscope.run.config import RunConfig, RunContext, UsageError, prepare
 from camscope.run.driver import RunResult, Tally, drive
-from camscope.run.explainer import BatchExplainer
+from camscope.run.explainer import BatchExplainer, make_explainer
 from camscope.run.writer import RunWriter
 
 __all__ = ["RunResult", "explain", "run_local"]
@@ -119,7 +119,7 @@ def _execute(
     writer = RunWriter(ctx)
     for item in todo.failures:
         writer.fail(item, item.error or "failed")
-    explainer = BatchExplainer(ctx)
+    explainer = make_explainer(ctx)
     try:
         return _explain_all(ctx, todo, writer, explainer, stop, progress)
     finally:

@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from camscope.io import LoadedImage, to_tensor
-from camscope.run import BatchExplainer, RunWriter, WorkItem, prepare
+from camscope.run import RunWriter, WorkItem, prepare
+from camscope.run.explainer import make_explainer
 
 log = logging.getLogger("camscope")
 
@@ -382,7 +383,7 @@ class ExplainActor:
                 f"{_safe_host()}: settings differ from the driver's ({self.ctx.settings_hash} != "
                 f"{settings_hash}): install the same camscope, torch, timm and weights everywhere"
             )
-        self.explainer = BatchExplainer(self.ctx)
+        self.explainer = make_explainer(self.ctx)
         part = f"{prefix}-{_safe_host()}-{os.getpid():x}"
         self.writer = _Writer(self.ctx, part_prefix=part, grid=False)
 
@@ -623,44 +624,84 @@ def _execute(
 
 
 _GRID_COLUMNS = ("top1_name", "top1_prob", "target_index", "target_name", "top1_index", "empty",
-                 "raw", "raw_h", "raw_w")  # fmt: skip
+                 "raw", "raw_h", "raw_w", "object_index", "object_score", "box")  # fmt: skip
 
 
 def write_grid(ctx: Any, items: Sequence[WorkItem]) -> list[str]:
     """The comparison grid of the first explained ``items``, as the local run draws it.
 
     The actors do not draw it (it spans their batches); the driver rebuilds each map from the
-    results table's feature-resolution map (`normalise_maps`, as the explainer made it) and
-    decodes the images again. Returns the problems (one line each).
+    results table's feature-resolution map (`normalise_maps`, as the explainer made it; a
+    per-object task's saved .npy map when there is one: a detector's map is cut to the image)
+    and decodes the images again. Returns the problems (one line each).
     """
-    import torch
-
     from camscope.io import InputError, load_image, resize_rgb, runfolder
-    from camscope.methods import normalise_maps
-    from camscope.run import BatchOutput
     from camscope.run.writer import GRID_IMAGES
 
     table = runfolder.read_table([ctx.out_dir], columns=_GRID_COLUMNS).to_pylist()
-    rows = {(r["key"], r["name"], r["method"]): r for r in table if r["status"] == "ok"}
+    rows: dict[tuple, list[dict]] = {}
+    for r in table:
+        if r["status"] == "ok":
+            rows.setdefault((r["key"], r["name"], r["method"]), []).append(r)
     size = tuple(int(v) for v in ctx.loaded.input_size)
     writer = RunWriter(ctx, grid=True)
     for item in items:
         if writer.n_grid >= GRID_IMAGES:
             break
-        mine = [rows.get((item.key, item.name, m)) for m in ctx.methods]
-        if None in mine:
+        mine = [sorted(rows.get((item.key, item.name, m), []), key=_object) for m in ctx.methods]
+        if not all(mine):
             continue
         try:
-            rgb = resize_rgb(load_image(item.path, max_pixels=ctx.config.max_pixels), size)
+            image = load_image(item.path, max_pixels=ctx.config.max_pixels)
         except InputError:
             continue
-        maps = {}
-        for method, row in zip(ctx.methods, mine, strict=True):
-            raw = torch.tensor(row["raw"]).view(1, row["raw_h"], row["raw_w"])
-            maps[method] = normalise_maps(raw, size)[0].numpy()
-        writer._grid(BatchOutput([item], mine, maps, [rgb]), 0)
+        out = _grid_output(ctx, item, mine, resize_rgb(image, size), image.size)
+        writer._grid(out, 0)
     writer.close()
     return writer.problems
+
+
+def _object(row: dict) -> int:
+    return -1 if row.get("object_index") is None else int(row["object_index"])
+
+
+def _grid_output(ctx: Any, item: WorkItem, mine: list[list[dict]], rgb: Any, original: Any):
+    """One image's `BatchOutput` for the grid from its table rows (per method, per object)."""
+    import torch
+
+    from camscope.io import runfolder
+    from camscope.methods import normalise_maps
+    from camscope.run import BatchOutput
+    from camscope.run.explainer import MapRow
+    from camscope.run.objects import caption
+
+    size = rgb.shape[:2]
+    maps, objects = {}, None
+    for method, rows in zip(ctx.methods, mine, strict=True):
+        stack = []
+        for row in rows:
+            npy = runfolder.map_path(ctx.out_dir, method, item.name, "npy", row["object_index"])
+            if row["object_index"] is not None and npy.is_file():
+                stack.append(np.load(npy))
+                continue
+            raw = torch.tensor(row["raw"]).view(1, row["raw_h"], row["raw_w"])
+            stack.append(normalise_maps(raw, size)[0].numpy())
+        maps[method] = np.stack(stack)
+    if mine[0][0].get("object_index") is not None:
+        sx, sy = size[1] / original[0], size[0] / original[1]
+        objects = [
+            MapRow(0, r["object_index"], _unscaled(r["box"], sx, sy),
+                   caption(r["target_name"], r["object_score"], r["box"]))
+            for r in mine[0]
+        ]  # fmt: skip
+    rows = [r for method_rows in mine for r in method_rows]
+    return BatchOutput([item], rows, maps, [rgb], objects)
+
+
+def _unscaled(box: Any, sx: float, sy: float) -> Any:
+    if box is None:
+        return None
+    return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
 def _first_line(exc: BaseException) -> str:

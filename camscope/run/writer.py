@@ -21,8 +21,8 @@ from typing import Any
 from camscope.io import runfolder, save_npy, save_png
 from camscope.run.collect import WorkItem
 from camscope.run.config import RunContext
-from camscope.run.explainer import BatchOutput, failed_row
-from camscope.visualize import GridRow, overlay, save_grid
+from camscope.run.explainer import BatchOutput, MapRow, failed_row
+from camscope.visualize import GridRow, draw_box, overlay, save_grid
 
 __all__ = ["GRID_IMAGES", "GRID_ROWS_PER_PAGE", "RunWriter", "session_prefix"]
 
@@ -70,14 +70,17 @@ class RunWriter:
         self.n_failed += 1
 
     def _save_files(self, out: BatchOutput, j: int) -> None:
+        """Image ``j``'s maps (one per object of it for per-object tasks) and overlays."""
         name = out.items[j].name
-        for method, maps in out.maps.items():
-            if "npy" in self.ctx.save_maps:
-                save_npy(runfolder.map_path(self.out, method, name, "npy"), maps[j])
-            if "png" in self.ctx.save_maps:
-                save_png(
-                    runfolder.map_path(self.out, method, name, "png"), overlay(out.rgbs[j], maps[j])
-                )
+        for r, row in enumerate(out.map_rows()):
+            if row.item != j:
+                continue
+            for method, maps in out.maps.items():
+                if "npy" in self.ctx.save_maps:
+                    save_npy(runfolder.map_path(self.out, method, name, "npy", row.index), maps[r])
+                if "png" in self.ctx.save_maps:
+                    path = runfolder.map_path(self.out, method, name, "png", row.index)
+                    save_png(path, _overlay(out.rgbs[j], maps[r], row))
 
     def write(self, out: BatchOutput) -> None:
         """Save a batch's per-image files, then its rows (and pending failures) as a part."""
@@ -98,7 +101,7 @@ class RunWriter:
                 )
                 continue
             rows += ok_rows.get(item.name, [])
-            if item.name in ok_rows and len(ok_rows[item.name]) == len(self.ctx.methods):
+            if {r["method"] for r in ok_rows.get(item.name, [])} == set(self.ctx.methods):
                 self.n_ok += 1
             self._grid(out, j)
         self._flush(rows)
@@ -118,19 +121,30 @@ class RunWriter:
         self.seq += 1
 
     def _grid(self, out: BatchOutput, j: int) -> None:
+        for r, row in enumerate(out.map_rows()):
+            if row.item == j:
+                self._grid_row(out, r, row)
+
+    def _grid_row(self, out: BatchOutput, r: int, row: MapRow) -> None:
+        """One grid row: map row ``r`` (an image, or one object of it) of every method."""
         if self.grid_rows is None or self.n_grid >= GRID_IMAGES:
             return
         self.n_grid += 1
+        j = row.item
         item = out.items[j]
         first = next((r for r in out.rows if r["name"] == item.name and r["status"] == "ok"), None)
         title = item.name
-        if first is not None:
+        if row.index is not None:
+            title += f" #{row.index}: {row.caption}"
+        elif first is not None:
             title += f": {first['top1_name']} (p={first['top1_prob']:.2f})"
             if first["target_index"] != first["top1_index"]:
                 title += f", target {first['target_name']}"
-        overlays = {m: overlay(out.rgbs[j], maps[j]) for m, maps in out.maps.items()}
+        overlays = {m: _overlay(out.rgbs[j], maps[r], row) for m, maps in out.maps.items()}
         notes = {
-            r["method"]: "empty map" for r in out.rows if r["name"] == item.name and r.get("empty")
+            x["method"]: "empty map"
+            for x in out.rows
+            if x["name"] == item.name and x.get("object_index") == row.index and x.get("empty")
         }
         self.grid_rows.append(
             GridRow(title=title, image=out.rgbs[j], overlays=overlays, notes=notes)
@@ -162,3 +176,9 @@ class RunWriter:
         self._flush([])
         if self.grid_rows is not None:
             self._grid_page()
+
+
+def _overlay(rgb: Any, cam: Any, row: MapRow) -> Any:
+    """The map's overlay, with the object's box and caption drawn when it has one."""
+    image = overlay(rgb, cam)
+    return image if row.box is None else draw_box(image, row.box, row.caption)

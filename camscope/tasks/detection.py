@@ -44,6 +44,7 @@ from camscope.layers import LayerError, resolve_layer
 from camscope.logits import as_logits_model
 from camscope.methods.base import normalise_maps
 from camscope.methods.registry import build_cam
+from camscope.methods.targets import box_match_score
 
 __all__ = [
     "Detection",
@@ -166,23 +167,16 @@ def _yolo_detections(candidates: torch.Tensor, iou: float = 0.7) -> dict[str, to
 def _box_score(pred: dict[str, torch.Tensor], box: torch.Tensor, label: int, iou: float):
     """The box score of one reference box (a 0-d tensor): IoU + confidence of its match.
 
-    The match is the detection *of the reference's class* with the highest IoU, if above
-    ``iou``. pytorch-grad-cam's FasterRCNNBoxScoreTarget takes the highest IoU over every class
+    `camscope.methods.targets.box_match_score` among the detections *of the reference's
+    class*: pytorch-grad-cam's FasterRCNNBoxScoreTarget takes the highest IoU over every class
     and scores 0 when that one has another label, which happens whenever a detector (RetinaNet,
     FCOS, Faster R-CNN's per-class boxes) reports the same box under two classes; the two agree
     otherwise (tested).
     """
-    from torchvision.ops import box_iou
-
-    boxes = pred["boxes"][pred["labels"] == int(label)]
-    scores = pred["scores"][pred["labels"] == int(label)]
-    if len(boxes) == 0:
-        return pred["scores"].new_zeros(())
-    ious = box_iou(box.to(boxes).reshape(1, 4), boxes)[0]
-    best = ious.argmax()
-    if ious[best] > iou:
-        return ious[best] + scores[best]
-    return scores.new_zeros(()) + 0 * ious[best]  # 0, still attached to the graph
+    score = box_match_score(pred, box, label, iou, same_class=True)
+    if score is not None:
+        return score
+    return pred["scores"].new_zeros(()) + 0 * pred["scores"].sum()  # 0, attached to the graph
 
 
 class _BoxScoreOutput:
