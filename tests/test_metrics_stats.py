@@ -352,3 +352,36 @@ def test_corrected_intervals_stay_inside_the_range_of_a_difference():
     for key, d in c.pairs.items():
         assert -1.0 <= d.low <= d.mean <= d.high <= 1.0
         assert d.significant == free.pairs[key].significant  # clipping never changes a verdict
+
+
+def test_ranking_agreement_takes_each_pair_of_metrics_over_the_images_both_have():
+    """A metric measured on some images only (localisation: where there are boxes) is compared
+    with another over those images, per method; pairs measured everywhere are unchanged."""
+    rng = np.random.default_rng(9)
+    n, level = 50, {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.3}
+    boxed = np.arange(n) % 3 != 0
+    image = rng.uniform(0, 1, n)
+    full = {
+        m: np.where(boxed, image + v, 2.0 - 3 * v) + rng.normal(0, 0.05, n)
+        for m, v in level.items()
+    }  # order d > c > b > a on boxed images, reversed elsewhere
+    part = {
+        m: np.where(boxed, image + v + rng.normal(0, 0.05, n), np.nan) for m, v in level.items()
+    }
+    other = {m: image + v + rng.normal(0, 0.05, n) for m, v in level.items()}
+    samples = {"full": full, "part": part, "other": other}
+    better = {"full": True, "part": True, "other": True}
+    got = M.ranking_agreement(samples, better, resamples=1000)
+    tau = got[("full", "part")]
+    # by hand: each method's means over the images where it has both values
+    means = [[np.mean(s[m][boxed]) for m in level] for s in (full, part)]
+    assert tau.mean == pytest.approx(_tau_b_by_hand(*means)) == pytest.approx(1.0)
+    assert tau.n == boxed.sum()
+    everywhere = [np.mean(full[m]) for m in level]
+    assert _tau_b_by_hand(everywhere, means[1]) == pytest.approx(-1.0)  # mixing image sets
+    # the same resamples as a call on the pair restricted by hand; other pairs as alone
+    restricted = {m: np.where(boxed, full[m], np.nan) for m in level}
+    alone = M.ranking_agreement({"full": restricted, "part": part}, better, resamples=1000)
+    assert tau == alone[("full", "part")]
+    pair = M.ranking_agreement({"full": full, "other": other}, better, resamples=1000)
+    assert got[("full", "other")] == pair[("full", "other")]

@@ -495,17 +495,20 @@ def ranking_agreement(
     values = np.stack(cols, axis=1) if cols else np.empty((n, 0))
     finite = np.isfinite(values)
     joint = _column_means(values, resamples, seed)
+    masked: dict[bytes, tuple] = {}  # every metric restricted to one (image, method) mask
     out = {}
     alpha = (1 - confidence) / 2
     for a, b in itertools.combinations(range(len(metrics)), 2):
         sa, sb = slice(a * k, (a + 1) * k), slice(b * k, (b + 1) * k)
         common = finite[:, sa] & finite[:, sb]
-        if (common == finite[:, sa]).all() and (common == finite[:, sb]).all():
-            point, count, boot = (x[..., np.r_[sa, sb]] for x in joint)
-        else:  # the pair on the images both metrics have, per method
-            pair = np.where(np.concatenate([common, common], axis=1),
-                            values[:, np.r_[sa, sb]], np.nan)  # fmt: skip
-            point, count, boot = _column_means(pair, resamples, seed)
+        means = joint
+        if not ((common == finite[:, sa]).all() and (common == finite[:, sb]).all()):
+            key = common.tobytes()  # the pair on the images both metrics have, per method
+            if key not in masked:
+                restricted = np.where(np.tile(common, len(metrics)), values, np.nan)
+                masked[key] = _column_means(restricted, resamples, seed)
+            means = masked[key]
+        point, count, boot = (x[..., np.r_[sa, sb]] for x in means)
         pa_, pb_ = point[:k], point[k:]
         both = np.isfinite(pa_) & np.isfinite(pb_)
         ta, tb = tolerance.get(metrics[a], 0.0), tolerance.get(metrics[b], 0.0)

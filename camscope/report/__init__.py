@@ -18,8 +18,10 @@ report; memory and page size stay bounded whatever the number of images. Modules
 
 Metrics (see `camscope.metrics`): Average Drop / Increase in Confidence (Chattopadhyay et al.,
 WACV 2018, https://arxiv.org/abs/1710.11063), Deletion / Insertion (Petsiuk et al., BMVC 2018,
-https://arxiv.org/abs/1806.07421), cascading randomisation (Adebayo et al., NeurIPS 2018,
-https://arxiv.org/abs/1810.03292).
+https://arxiv.org/abs/1806.07421), ROAD (Rong et al., ICML 2022, https://arxiv.org/abs/2202.00449),
+localisation with --boxes (pointing game, energy game, relevance mass / rank), complexity
+(sparseness, entropy; descriptive, not ranked), cascading randomisation (Adebayo et al.,
+NeurIPS 2018, https://arxiv.org/abs/1810.03292).
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ __all__ = ["build_report", "comparisons_csv", "summary_csv"]
 def summary_csv(s: Scalars, summary: Summary) -> str:
     """summary.csv: one row per method.
 
-    Columns: method, n, then per metric ``<key>_mean, <key>_low, <key>_high`` in display units
-    (% for Average Drop and Increase, AUCs in [0, 1]) and ``<key>_interval`` (how it was made),
+    Columns: method, n, then per metric of `METRICS` ``<key>_mean, <key>_low, <key>_high`` in
+    display units (``<key>_pct_...`` for the % metrics: Average Drop, Increase, pointing game;
+    empty when not measured) and ``<key>_interval`` (how it was made),
     intervals_meaningful (n >= the minimum n), empty_maps, empty_maps_pct, sanity_images,
     sanity_mean_abs_spearman, sanity_empty_randomised, sanity_outcome (pass / fail / empty).
     """

@@ -112,7 +112,7 @@ def _card_table(ctx: ReportContext, i: int) -> Table | None:
             for spec in shown
         ]
         rows.append([label(m), *cells, "yes" if v["empty"][i] > 0 else "no"])
-    return Table(["method", *(spec.heading for spec in shown), "empty"], rows)
+    return Table(["method", *(spec.heading for spec in shown), "empty"], rows, css="values")
 
 
 def _gallery(ctx: ReportContext) -> list[Block]:
