@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -101,13 +102,15 @@ def _curve_reference(model, image, saliency, target, steps, mode):
     h, w = saliency.shape
     per_step = math.ceil(h * w / steps)
     order = _order(saliency)
-    current = image.copy() if mode == "deletion" else _blur_reference(image)
+    blurred = _blur_reference(image)
+    current = blurred.copy() if mode == "insertion" else image.copy()
     probs = [_prob64(model, current, target)]
     done = 0
     for _ in range(steps):
         for idx in order[done : done + per_step]:
             y, x = divmod(idx, w)
-            current[:, y, x] = 0.0 if mode == "deletion" else image[:, y, x]
+            source = {"deletion": 0.0 * image, "deletion-blur": blurred, "insertion": image}[mode]
+            current[:, y, x] = source[:, y, x]
         done += per_step
         probs.append(_prob64(model, current, target))
     return np.array(probs)
@@ -145,14 +148,18 @@ def test_explanation_with_zero_map_is_black_image():
     torch.testing.assert_close(expl[0, :, 5, 7], black)
 
 
-@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+@pytest.mark.parametrize("mode", ["deletion", "deletion-blur", "insertion"])
 def test_curves_match_pixel_loop_reference(mode):
     torch.manual_seed(0)
     model = TinyNet()
     model64 = TinyNet().double().eval()
     inputs, maps, targets = _data(n=2, size=16)
     steps = 7  # 256 pixels -> 37 per step, the last step clamps at all pixels
-    fn = M.deletion_curve if mode == "deletion" else M.insertion_curve
+    fn = {
+        "deletion": M.deletion_curve,
+        "deletion-blur": functools.partial(M.deletion_curve, baseline="blur"),
+        "insertion": M.insertion_curve,
+    }[mode]
     curves = fn(model, inputs, maps, targets, steps=steps, batch_size=5)
     assert curves.shape == (2, steps + 1)
     for i in range(2):
@@ -160,6 +167,12 @@ def test_curves_match_pixel_loop_reference(mode):
             model64, inputs[i].double().numpy(), maps[i].numpy(), int(targets[i]), steps, mode
         )
         np.testing.assert_allclose(curves[i].numpy(), ref, atol=2e-5)
+
+
+def test_deletion_baseline_is_checked():
+    inputs, maps, targets = _data(n=1)
+    with pytest.raises(ValueError, match="baseline"):
+        M.deletion_curve(TinyNet(), inputs, maps, targets, baseline="noise")
 
 
 def test_gaussian_blur_matches_reference():

@@ -279,20 +279,29 @@ def deletion_curve(
     steps: int = DEFAULT_STEPS,
     batch_size: int = 64,
     base_prob: torch.Tensor | None = None,
+    baseline: str = "mean",
 ) -> torch.Tensor:
     """RISE deletion curve (Petsiuk et al., BMVC 2018), (N, steps + 1) float32.
 
     Point k is ``p_c`` of the image with its ``min(k * ceil(HW / steps), HW)`` most salient
-    pixels (`saliency_rank`) set to 0 in normalised space on all channels, i.e. to the dataset
-    mean colour. Point 0 is the untouched image (``base_prob`` if given), point ``steps`` the
-    all-mean image. Lower area under the curve = more faithful map.
+    pixels (`saliency_rank`) replaced by the ``baseline``: ``"mean"`` sets them to 0 in
+    normalised space on all channels, i.e. to the dataset mean colour (the default, as the
+    run's ``deletion_auc``); ``"blur"`` takes them from `gaussian_blur` of the image (the
+    insertion start image; another setting of the same metric, for ranking robustness).
+    Point 0 is the untouched image (``base_prob`` if given), point ``steps`` the all-baseline
+    image. Lower area under the curve = more faithful map.
     """
     maps, targets = _check(inputs, maps, targets)
-    baseline = torch.zeros(1, inputs.shape[1], 1, 1, dtype=inputs.dtype, device=inputs.device)
+    if baseline == "blur":
+        baseline_image = gaussian_blur(inputs)
+    elif baseline == "mean":
+        baseline_image = torch.zeros_like(inputs[:1, :, :1, :1])
+    else:
+        raise ValueError(f"baseline must be 'mean' or 'blur', got {baseline!r}")
     return _perturbation_curves(
         model,
         inputs,
-        baseline,
+        baseline_image,
         saliency_rank(maps),
         targets,
         steps=steps,
