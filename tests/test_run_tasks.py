@@ -111,6 +111,7 @@ def test_detect_overlay_has_the_box(detected):
 
 def test_detect_predictions_and_resume(detected, images):
     out, _ = detected
+    assert runfolder.validate(out) == []  # every per-object map file is where the row says
     lines = (out / runfolder.PREDICTIONS_CSV).read_text().splitlines()
     assert lines[0].startswith("name,file,object_index,object,label,label_name,score,x1")
     assert len(lines) == 1 + 3 * 2
@@ -243,6 +244,10 @@ def test_task_usage_errors(images, tmp_path):
     assert bad.exit_code == 2 and "not a torchvision detection model" in bad.output
     bad = runner.invoke(main, [*args, "--task", "prompt", "--model", "task_models:clip"])
     assert bad.exit_code == 2 and "--target" in bad.output
+    bad = runner.invoke(
+        main, [*args, "--task", "prompt", "--model", "task_models:clip", "--target", "a|b|a"]
+    )
+    assert bad.exit_code == 2 and "given twice" in bad.output
     bad = runner.invoke(main, [*args, "--task", "detect", "--model", "task_models:detector",
                                "--target", "1"])  # fmt: skip
     assert bad.exit_code == 2 and "takes no --target" in bad.output
@@ -251,6 +256,12 @@ def test_task_usage_errors(images, tmp_path):
     bad = runner.invoke(main, [*args, "--task", "segment", "--score-threshold", "0.3"])
     assert bad.exit_code == 2 and "not used by --task segment" in bad.output
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_refuses_a_task_run(detected):
+    out, _ = detected
+    result = CliRunner().invoke(main, ["evaluate", str(out), "-q"])
+    assert result.exit_code == 2 and "measured while it runs" in result.output
 
 
 def test_object_rows_deduplicate_per_object(tmp_path):
@@ -264,3 +275,31 @@ def test_object_rows_deduplicate_per_object(tmp_path):
     table = runfolder.read_table([tmp_path])
     assert sorted(table.column("object").to_pylist()) == ["0", "1"]
     assert runfolder.done_keys(tmp_path, "h", ["gradcam"]) == {("k", "a")}
+
+
+def test_segment_deletion_against_a_loop(images, tmp_path):
+    out = tmp_path / "run"
+    _run(
+        images, out, task="segment", model="task_models:segmenter", methods=("gradcam",),
+        max_objects=1, metrics=True, steps=4,
+    )  # fmt: skip
+    r = _rows(out)[0]
+    import task_models
+
+    model = task_models.segmenter()["model"]
+    x = load_image(images / f"{r['name']}.png", size=(64, 64), **IMAGENET).double()
+    model = model.double()
+    with torch.no_grad():
+        region = model(x[None])["out"][0].argmax(0) == r["target_index"]
+    saved = np.load(runfolder.map_path(out, "gradcam", r["name"], "npy", 0)).astype(np.float64)
+    order = np.argsort(-saved.ravel(), kind="stable")
+    curve = []
+    for k in range(5):
+        keep = np.ones(64 * 64)
+        keep[order[: min(k * 1024, 64 * 64)]] = 0  # to 0 in normalised space: the mean colour
+        xk = x * torch.from_numpy(keep.reshape(64, 64))
+        with torch.no_grad():
+            probs = model(xk[None])["out"][0].softmax(0)[r["target_index"]]
+        curve.append(float(probs[region].mean()))
+    np.testing.assert_allclose(r["deletion_curve"], curve, atol=1e-4)
+    assert abs(r["object_score"] - curve[0]) < 1e-4

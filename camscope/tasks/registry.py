@@ -431,6 +431,9 @@ def _prompt_resolve(target: Any, loaded: LoadedModel) -> tuple[str, ...]:
     from camscope.classes import TargetError
 
     prompts = _prompts_of(target)
+    twice = sorted({p for p in prompts if prompts.count(p) > 1})
+    if twice:
+        raise TargetError(f"--target: the prompt {twice[0]!r} is given twice")
     if not prompts:
         raise TargetError(
             f'--task prompt needs --target "a photo of a cat" (several: separated by '
