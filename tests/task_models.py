@@ -56,3 +56,35 @@ def clip():
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     torch.manual_seed(0)
     return {"model": transformers.CLIPModel(config).eval(), "tokenizer": char_tokenizer}
+
+
+def detr():
+    """A tiny Hugging Face DETR (ResNet backbone built from its config), 64-pixel inputs."""
+    import transformers
+
+    backbone = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+        out_features=["stage4"],
+    )  # fmt: skip
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10,
+        num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return {"model": transformers.DetrForObjectDetection(config).eval(), "input_size": (64, 64)}
+
+
+def segformer():
+    """A tiny Hugging Face SegFormer, 64-pixel inputs."""
+    import transformers
+
+    config = transformers.SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+        patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+        decoder_hidden_size=32, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    return {"model": model, "input_size": (64, 64)}

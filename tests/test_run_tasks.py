@@ -303,3 +303,19 @@ def test_segment_deletion_against_a_loop(images, tmp_path):
         curve.append(float(probs[region].mean()))
     np.testing.assert_allclose(r["deletion_curve"], curve, atol=1e-4)
     assert abs(r["object_score"] - curve[0]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("task", "model", "extra"),
+    [("detect", "task_models:detr", {"score_threshold": 0.0, "max_objects": 2}),
+     ("segment", "task_models:segformer", {"max_objects": 2})],
+)  # fmt: skip
+def test_hugging_face_detr_and_segformer_on_the_run(images, tmp_path, task, model, extra):
+    pytest.importorskip("transformers")
+    out = tmp_path / "run"
+    result = _run(images, out, task=task, model=model, methods=("gradcam",), **extra)
+    assert result.ok and result.n_explained == 3
+    rows = _rows(out)
+    assert rows and all(r["object"] is not None and not r["empty"] for r in rows)
+    assert runfolder.validate(out) == []
+    assert np.load(runfolder.map_path(out, "gradcam", rows[0]["name"], "npy", 0)).shape == (64, 64)

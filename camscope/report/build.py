@@ -115,6 +115,9 @@ def _facts(runs: list[dict], dirs: Sequence[Path], s: Scalars) -> list[tuple[str
             facts.append((key.replace("_", " "), str(first[key])))
     facts.append(("methods", ", ".join(label(m) for m in s.methods)))
     facts.append(("images", f"{s.n:,} explained, {s.failures.num_rows:,} failed"))
+    if first.get("task"):  # camscope run --task detect|segment|prompt: one unit per object
+        facts[-1] = ("objects", f"{s.n:,} explained (n counts objects of images), "
+                     f"{s.failures.num_rows:,} image(s) failed; task {first['task']}")  # fmt: skip
     truth = s.images.column("truth_index").to_pylist()
     top1 = s.images.column("top1_index").to_pylist()
     known = [(t, p) for t, p in zip(truth, top1, strict=True) if t is not None]
