@@ -319,3 +319,20 @@ def test_hugging_face_detr_and_segformer_on_the_run(images, tmp_path, task, mode
     assert rows and all(r["object"] is not None and not r["empty"] for r in rows)
     assert runfolder.validate(out) == []
     assert np.load(runfolder.map_path(out, "gradcam", rows[0]["name"], "npy", 0)).shape == (64, 64)
+
+
+def test_explain_api_takes_a_task_module(images, tmp_path):
+    import task_models
+
+    import camscope
+
+    net = task_models.segmenter()["model"]
+    result = camscope.explain(
+        [images], tmp_path / "run", model=net, task="segment", methods=("gradcam",),
+        sanity_images=0, max_objects=1,
+    )  # fmt: skip
+    assert result.ok and result.n_explained == 3
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 3 and rows[0]["object"].startswith("class ")
+    run = runfolder.read_run(tmp_path / "run")
+    assert run["settings"]["model"] == "<LRASPP>" and run["settings"]["image_size"] == [520, 520]

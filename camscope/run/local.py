@@ -32,6 +32,7 @@ from camscope.run.config import RunConfig, RunContext, UsageError, prepare
 from camscope.run.driver import RunResult, Tally, drive
 from camscope.run.explainer import BatchExplainer, make_explainer
 from camscope.run.writer import RunWriter
+from camscope.tasks.registry import get_task
 
 __all__ = ["RunResult", "explain", "run_local"]
 
@@ -166,6 +167,15 @@ def explain(
     Raises:
         camscope.run.UsageError: before anything is written.
     """
+    task = get_task(options.get("task", "classify"))
+    if isinstance(model, nn.Module) and task.per_object:  # the task knows its models' inputs
+        given = {"mean": mean, "std": std, "categories": categories}
+        made = {"model": model, **{k: v for k, v in given.items() if v is not None}}
+        try:
+            model = task.load(f"<{type(model).__name__}>", random_weights=False, device="cpu",
+                              made=made)  # fmt: skip
+        except ModelError as exc:
+            raise UsageError(f"explain(model=<nn.Module>): {exc}") from exc
     if isinstance(model, nn.Module):
         try:  # a Hugging Face model declares its own; any other needs mean= and std=
             model = wrap_module(model, mean, std, categories)

@@ -11,7 +11,8 @@ Models on the command line (``--model``): torchvision's detection / segmentation
 (``fasterrcnn_mobilenet_v3_large_fpn``, ``deeplabv3_resnet50`` ...; torchvision's weights, or
 ``--random-weights``), a Hugging Face folder or ``hf:NAME`` (CLIP), or ``module:function``: a
 factory called without arguments returning the model, or a dict with ``model`` and any of
-``tokenizer``, ``categories``, ``mean``, ``std``, ``input_size``.
+``tokenizer``, ``categories``, ``mean``, ``std``, ``input_size``. `camscope.explain` passes
+the module itself (``Task.load(..., made={"model": module, ...})``).
 
 Example::
 
@@ -228,7 +229,10 @@ def _loaded(spec: str, made: dict[str, Any], norm: tuple, size: tuple[int, int],
     )
 
 
-def _made(spec: str | None, random_weights: bool, module: Any) -> dict[str, Any]:
+def _made(spec: str | None, random_weights: bool, module: Any, made: Any) -> dict[str, Any]:
+    """What builds the model: ``made`` (an API caller's module), a factory or a name."""
+    if made is not None:
+        return dict(made)
     if not spec:
         raise ModelError("--task needs --model: a torchvision model name or module:function")
     from camscope.methods.targets import is_target_spec
@@ -236,12 +240,14 @@ def _made(spec: str | None, random_weights: bool, module: Any) -> dict[str, Any]
     return _factory(spec) if is_target_spec(spec) else _torchvision(spec, random_weights, module)
 
 
-def _load_detector(spec: str | None, *, random_weights: bool, device: Any) -> LoadedModel:
+def _load_detector(
+    spec: str | None, *, random_weights: bool, device: Any, made: Any = None
+) -> LoadedModel:
     import torchvision.models.detection as tvd
 
     from camscope.tasks.detection import default_detection_layer, detector_categories
 
-    made = _made(spec, random_weights, tvd)
+    made = _made(spec, random_weights, tvd, made)
     model = made["model"]
     transform = getattr(model, "transform", None)
     fixed = getattr(transform, "fixed_size", None)
@@ -252,27 +258,37 @@ def _load_detector(spec: str | None, *, random_weights: bool, device: Any) -> Lo
     return _loaded(str(spec), made, norm, size, default_detection_layer(model)).to_device(device)
 
 
-def _load_segmenter(spec: str | None, *, random_weights: bool, device: Any) -> LoadedModel:
+def _load_segmenter(
+    spec: str | None, *, random_weights: bool, device: Any, made: Any = None
+) -> LoadedModel:
     import torchvision.models.segmentation as tvs
 
-    from camscope.tasks.segmentation import default_segmentation_layer
+    from camscope.tasks.segmentation import default_segmentation_layer, segmentation_model
 
-    made = _made(spec, random_weights, tvs)
+    made = _made(spec, random_weights, tvs, made)
     model = made["model"]
     config = getattr(model, "config", None)
     if "categories" not in made and getattr(config, "id2label", None):
         made["categories"] = [str(config.id2label[i]) for i in range(len(config.id2label))]
     layer = default_segmentation_layer(model)
-    return _loaded(str(spec), made, IMAGENET, (520, 520), layer).to_device(device)
+    loaded = _loaded(str(spec), made, IMAGENET, (520, 520), layer)
+    if not loaded.categories:  # the class count from one dry pass
+        with torch.no_grad():
+            n = segmentation_model(model)(torch.zeros(1, 3, *loaded.input_size)).shape[1]
+        loaded.categories = [f"class {i}" for i in range(n)]
+    return loaded.to_device(device)
 
 
-def _load_clip(spec: str | None, *, random_weights: bool, device: Any) -> LoadedModel:
+def _load_clip(
+    spec: str | None, *, random_weights: bool, device: Any, made: Any = None
+) -> LoadedModel:
     from camscope.methods.targets import is_target_spec
     from camscope.tasks.prompts import default_prompt_layer
 
-    if not spec:
+    if made is None and not spec:
         raise ModelError("--task prompt needs --model: a CLIP folder, hf:NAME or module:function")
-    made = _factory(spec) if is_target_spec(spec) else _hf_clip(spec, random_weights)
+    if made is None:
+        made = _factory(spec) if is_target_spec(spec) else _hf_clip(spec, random_weights)
     model = made["model"]
     config = getattr(model, "config", None)
     side = getattr(getattr(config, "vision_config", None), "image_size", None)
