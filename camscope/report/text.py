@@ -94,8 +94,9 @@ def statistics_statement(summary: Summary) -> list[str]:
         "resampled together), so that the intervals of a metric hold together; significant when "
         "the interval excludes 0. The uncorrected percentile intervals are kept in "
         "comparisons.csv, not used for any claim.",
-        "Ties: means that agree to the shown precision (within 0.05 points for %, 0.0005 for "
-        "AUCs) are reported as tied, and no method is called best then.",
+        "Ties: means that agree to the shown precision (within half a unit of the last digit "
+        "shown: 0.05 points for %, 0.0005 for AUCs) are reported as tied, and no method is called "
+        "best then.",
         f"With fewer than {summary.min_n} images an interval is shown but not meaningful and no "
         "difference is called significant.",
         *_kind_statements(summary),
