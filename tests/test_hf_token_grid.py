@@ -273,3 +273,23 @@ def test_clip_vision_tower_inside_a_clip_model():
     model = transformers.CLIPModel(config)
     assert hf_token_grids(model, (32, 48)) == [(1, (4, 6))]
     assert hf_token_grids(nn.ModuleDict({"clip": model}), (32, 32)) == [(1, (4, 4))]
+
+
+@pytest.mark.parametrize("case", ["vit-wide", "dinov2-registers"])
+def test_cli_runs_a_save_pretrained_folder_whose_grid_only_the_config_tells(tmp_path, case):
+    from click.testing import CliRunner
+    from run_helpers import make_images
+
+    from camscope.cli import main
+    from camscope.run import results
+
+    size, _layer, _prefix, grid = _grad_case(case)
+    _build(case).save_pretrained(tmp_path / "model")
+    make_images(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "in"), "-o", str(out), "--model", str(tmp_path / "model")]
+    result = CliRunner().invoke(main, [*args, "-m", "gradcam", "--sanity-images", "0"])
+    assert result.exit_code == 0, result.output
+    rows = results.read_table([out]).to_pylist()
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["raw_h"], r["raw_w"]) for r in rows} == {grid}
