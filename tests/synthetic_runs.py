@@ -83,6 +83,8 @@ def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase, 
                 deletion_curve=curve.tolist(), insertion_curve=curve[::-1].tolist(),
                 road_morf=0.9 * dele, road_lerf=0.5 + 0.5 * ins,  # no draw: streams unchanged
                 road_combined=(0.5 + 0.5 * ins - 0.9 * dele) / 2,
+                road_morf_curve=(0.9 * dele * np.linspace(1.4, 0.6, 9)).tolist(),  # mean: morf
+                road_lerf_curve=((0.5 + 0.5 * ins) * np.linspace(1.2, 0.8, 9)).tolist(),
             )  # fmt: skip
         for other in methods:
             if other != m:

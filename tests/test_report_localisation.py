@@ -358,3 +358,37 @@ def test_a_real_run_without_metrics_is_not_a_metrics_run(real):
     text = _text(out["report.md"])
     assert "Faithfulness was not measured (run without --metrics): no ranking." in text
     assert "Ranking robustness across metrics" not in text and "curves.png" not in out
+
+
+def test_mean_road_curves_are_plotted_from_the_table(boxed):
+    import pyarrow.parquet as pq
+
+    from camscope.report.plots import curve_sums, plot_curves
+
+    run, out = boxed
+    sums = curve_sums(RunTable([run], list(METHODS)), METHODS)
+    table = pq.read_table(run / "results", columns=["method", "road_morf", "road_morf_curve",
+                                                     "road_lerf_curve"]).to_pylist()  # fmt: skip
+    for m in METHODS:
+        rows = [r for r in table if r["method"] == m]
+        for kind in ("road_morf", "road_lerf"):
+            total, count = sums[m][kind]
+            by_hand = np.zeros(9)
+            for r in rows:  # one image at a time, float64
+                by_hand += np.asarray(r[f"{kind}_curve"], dtype=np.float64)
+            assert count == len(rows) == N
+            assert total == pytest.approx(by_hand, rel=1e-9)
+        # the mean of the mean MoRF curve is the mean ROAD MoRF of the summary
+        mean_curve = sums[m]["road_morf"][0] / N
+        assert mean_curve.mean() == pytest.approx(np.mean([r["road_morf"] for r in rows]), rel=1e-5)
+    fig = plot_curves(sums)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Deletion (lower AUC is better)", "Insertion (higher AUC is better)",
+                      "ROAD MoRF (lower is better)", "ROAD LeRF (higher is better)"]  # fmt: skip
+    assert list(fig.axes[2].lines[0].get_xdata()) == pytest.approx(list(M.ROAD_FRACTIONS))
+    for name in ("report.md", "report.html"):
+        assert "Mean deletion, insertion and ROAD curves" in _text(out[name])
+    # without ROAD curves (a --no-road run) the two panels of before
+    del_ins = {m: {k: v for k, v in kinds.items() if not k.startswith("road")}
+               for m, kinds in sums.items()}  # fmt: skip
+    assert len(plot_curves(del_ins).axes) == 2

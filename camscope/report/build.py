@@ -247,8 +247,9 @@ def _figures(table: RunTable, s: Scalars, summary: Summary) -> list[Figure]:
         figures.append(Figure("distributions", runfolder.DISTRIBUTIONS_PNG,
                               "Metric distributions per method", png))  # fmt: skip
     if s.has_metrics:
-        png = figure_png(plot_curves(curve_sums(table, s.methods)))
-        figures.append(
-            Figure("curves", runfolder.CURVES_PNG, "Mean deletion and insertion curves", png)
-        )
+        sums = curve_sums(table, s.methods)
+        road = any(k.startswith("road") for v in sums.values() for k in v)
+        caption = f"Mean deletion{', insertion and ROAD' if road else ' and insertion'} curves"
+        png = figure_png(plot_curves(sums))
+        figures.append(Figure("curves", runfolder.CURVES_PNG, caption, png))
     return figures

@@ -1,4 +1,4 @@
-"""Figures of a report: mean deletion/insertion curves (streamed sums) and metric distributions.
+"""Figures of a report: mean deletion/insertion/ROAD curves (streamed sums), distributions.
 
 Figures use the matplotlib ``Figure`` API (Agg), never pyplot. `curve_sums` reads the curve
 columns one part file at a time and keeps only per-method sums, so memory does not grow with n.
@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
+from camscope.metrics import ROAD_FRACTIONS
 from camscope.report.data import METRICS, Scalars, Summary
 from camscope.report.source import RunTable
 from camscope.report.text import label
 
 log = logging.getLogger("camscope")
 
-__all__ = ["CurveSums", "curve_sums", "plot_curves", "plot_distributions"]
+__all__ = ["CURVES", "CurveSums", "curve_sums", "plot_curves", "plot_distributions"]
 
 #: Up to this many images per method the distribution plot also shows every image as a point.
 POINTS_UP_TO = 200
@@ -49,14 +50,24 @@ def _rows(column: pa.ChunkedArray) -> dict[int, np.ndarray]:
     return out
 
 
+#: The curves of the results table (``<kind>_curve``) the report plots, with their panels:
+#: (kind, title, x label, statistic of the mean curve in the legend).
+CURVES = (
+    ("deletion", "Deletion (lower AUC is better)", "share of pixels deleted", "AUC"),
+    ("insertion", "Insertion (higher AUC is better)", "share of pixels inserted", "AUC"),
+    ("road_morf", "ROAD MoRF (lower is better)", "share removed, most relevant first", "mean"),
+    ("road_lerf", "ROAD LeRF (higher is better)", "share removed, least relevant first", "mean"),
+)
+
+
 def curve_sums(table: RunTable, methods: Sequence[str]) -> CurveSums:
-    """Per-method sums of the deletion/insertion curves, streamed over the table.
+    """Per-method sums of the curves of `CURVES` (deletion, insertion, ROAD), streamed.
 
     Curves of another length than the most common one (runs with other ``--steps`` merged)
     are left out with a warning.
     """
     acc: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
-    kinds = ("deletion", "insertion")
+    kinds = tuple(c[0] for c in CURVES)
     for batch in table.batches(["status", "method", *(f"{k}_curve" for k in kinds)]):
         ok = pc.fill_null(pc.equal(batch["status"], "ok"), False)
         batch = batch.filter(ok)
@@ -81,25 +92,40 @@ def curve_sums(table: RunTable, methods: Sequence[str]) -> CurveSums:
     return out
 
 
-def plot_curves(sums: CurveSums) -> Figure:
-    """Mean deletion and insertion curves per method; legend: AUC of the mean curve and n.
+def _x(kind: str, points: int) -> np.ndarray:
+    """Where a curve's points lie: [0, 1] for deletion/insertion, ROAD's removed fractions."""
+    if not kind.startswith("road"):
+        return np.linspace(0.0, 1.0, points)
+    if points == len(ROAD_FRACTIONS):
+        return np.asarray(ROAD_FRACTIONS, dtype=np.float64)
+    return np.arange(1, points + 1) / (points + 1)
 
-    The trapezoid AUC of the mean curve equals the mean of the per-image AUCs.
+
+def plot_curves(sums: CurveSums) -> Figure:
+    """Mean curves per method: deletion, insertion, and ROAD MoRF / LeRF when measured.
+
+    Legend: the AUC (deletion, insertion) or the mean (ROAD) of the mean curve, and n. The
+    trapezoid AUC of the mean curve equals the mean of the per-image AUCs; the mean of the mean
+    ROAD curve equals the mean of the per-image ROAD values.
     """
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    titles = ("Deletion (lower AUC is better)", "Insertion (higher AUC is better)")
-    for ax, kind, title in zip(axes, ("deletion", "insertion"), titles, strict=True):
+    shown = [c for c in CURVES if c[0] in ("deletion", "insertion")
+             or any(c[0] in kinds for kinds in sums.values())]  # fmt: skip
+    fig = Figure(figsize=(5 * len(shown), 4), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
+    for ax, (kind, title, xlabel, stat) in zip(axes, shown, strict=True):
         for m, kinds in sums.items():
             if kind not in kinds or kinds[kind][1] == 0:
                 continue
             total, count = kinds[kind]
             mean = total / count
-            area = float(((mean[:-1] + mean[1:]) / 2).sum() / (len(mean) - 1))
-            x = np.linspace(0.0, 1.0, len(mean))
-            ax.plot(x, mean, label=f"{label(m)} (AUC {area:.3f}, n={count:,})")
+            if stat == "AUC":
+                value = float(((mean[:-1] + mean[1:]) / 2).sum() / (len(mean) - 1))
+            else:
+                value = float(mean.mean())
+            ax.plot(_x(kind, len(mean)), mean, marker="." if stat == "mean" else None,
+                    label=f"{label(m)} ({stat} {value:.3f}, n={count:,})")  # fmt: skip
         ax.set_title(title)
-        ax.set_xlabel(f"share of pixels {'deleted' if kind == 'deletion' else 'inserted'}")
+        ax.set_xlabel(xlabel)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
