@@ -217,8 +217,8 @@ def test_prompts_on_the_cli(images, tmp_path):
         main,
         [
             "run", str(images), "-o", str(out), "--task", "prompt", "--model",
-            "task_models:clip", "--target", "a photo of a cat|a dog", "-m", "gradcam",
-            "--metrics", "--steps", "4", "--sanity-images", "0", "-q",
+            "task_models:clip", "--target", "a photo of a cat", "--target", "a dog",
+            "-m", "gradcam", "--metrics", "--steps", "4", "--sanity-images", "0", "-q",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -251,6 +251,8 @@ def test_task_usage_errors(images, tmp_path):
     bad = runner.invoke(main, [*args, "--task", "detect", "--model", "task_models:detector",
                                "--target", "1"])  # fmt: skip
     assert bad.exit_code == 2 and "takes no --target" in bad.output
+    bad = runner.invoke(main, [*args, "--target", "1", "--target", "2"])
+    assert bad.exit_code == 2 and "--target given 2 times: --task classify takes one" in bad.output
     bad = runner.invoke(main, [*args, "--score-threshold", "0.3"])  # classify: not read
     assert bad.exit_code == 2 and "--score-threshold is not used by --task classify" in bad.output
     bad = runner.invoke(main, [*args, "--task", "segment", "--score-threshold", "0.3"])
@@ -336,3 +338,18 @@ def test_explain_api_takes_a_task_module(images, tmp_path):
     assert len(rows) == 3 and rows[0]["object"].startswith("class ")
     run = runfolder.read_run(tmp_path / "run")
     assert run["settings"]["model"] == "<LRASPP>" and run["settings"]["image_size"] == [520, 520]
+
+
+def test_prompts_repeated_or_separated_are_the_same_settings(images, tmp_path):
+    pytest.importorskip("transformers")
+    from camscope.run import prepare
+
+    def settings(target):
+        config = RunConfig(
+            inputs=(str(images),), out_dir=str(tmp_path / "o"), task="prompt",
+            model="task_models:clip", target=target, methods=("gradcam",),
+        )  # fmt: skip
+        return prepare(config).settings
+
+    one, two = settings("a cat|a dog"), settings(("a cat", "a dog"))
+    assert one == two and one["target"] == ["a cat", "a dog"]

@@ -74,8 +74,9 @@ class Option:
     Attributes:
         help: the ``--help`` text.
         flags: the command-line spellings (``("--out", "-o")``); empty: not a flag.
-        kind: ``int``, ``str``, ``"flag"`` (a boolean switch), ``"file"`` (an existing file) or
-            ``"list"`` (comma-separated, a tuple in the config).
+        kind: ``int``, ``str``, ``"flag"`` (a boolean switch), ``"file"`` (an existing file),
+            ``"list"`` (comma-separated, a tuple in the config) or ``"multiple"`` (repeatable:
+            one value as given, several as a tuple).
         minimum: the smallest value of an ``int`` option (None allowed when it is the default).
         choices: the values a ``str`` option may take.
         show_default: show the default in ``--help``.
@@ -188,13 +189,15 @@ class RunConfig:
     layer: str | None = _opt(
         None, "Target layer, e.g. 'layer4[-1]', 'layer3' (default per model).", "--layer"
     )
-    target: str | int | None = _opt(
+    target: str | int | tuple[str, ...] | None = _opt(
         None,
         "top1 (default: each image's top-1 prediction), truth (its true class, from an "
         "ImageNet wnid in the file name or --labels), a class index or name for every "
         "image, or module:function, a callable target f(output_row) -> scalar (multi-label, "
-        "regression, anything).",
+        "regression, anything). --task segment: a class; --task prompt: a text prompt "
+        "(several: repeat --target, or separate them with |).",
         "--target",
+        kind="multiple",
     )
     device: str = _opt(
         "auto",
@@ -319,6 +322,10 @@ class RunConfig:
     def _check_task(self) -> None:
         """Options the task does not read are refused (never silently ignored)."""
         task, declared = get_task(self.task), options()
+        if isinstance(self.target, tuple) and not task.several_targets:
+            raise UsageError(
+                f"--target given {len(self.target)} times: --task {task.name} takes one"
+            )
         for name in TASK_OPTIONS:
             if name not in task.options and getattr(self, name) != _default(name):
                 raise UsageError(f"{declared[name].flag} is not used by --task {task.name}")
@@ -364,6 +371,8 @@ def click_options(names: Sequence[str] | None = None) -> list[Any]:
         kw: dict[str, Any] = {"help": o.help}
         if o.kind == "flag":
             kw.update(is_flag=True, default=default, show_default=o.show_default)
+        elif o.kind == "multiple":  # repeatable; one value arrives alone, several as a tuple
+            kw.update(multiple=True, default=default, type=str)
         else:
             kind = {"path": click.Path(dir_okay=False), "file": click.Path(dir_okay=False)}
             kw["type"] = click.Choice(o.choices) if o.choices else kind.get(o.kind, o.kind)
@@ -396,6 +405,8 @@ def from_command_line(
         o = declared[name]
         if o.kind == "list" and isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif o.kind == "multiple":
+            value = None if not value else value[0] if len(value) == 1 else tuple(value)
         elif o.parse is not None and value is not None:
             try:
                 value = o.parse(value)
@@ -579,6 +590,13 @@ def _weights_identity(config: RunConfig, loaded: LoadedModel) -> str:
     return f"tag {loaded.weights_tag}" if loaded.weights_tag else loaded.weights_source
 
 
+def _target_setting(target: Any) -> Any:
+    """The resolved target as run.json records it (a callable by its spec, prompts a list)."""
+    if isinstance(target, NamedTarget):
+        return str(target)
+    return list(target) if isinstance(target, tuple) else target
+
+
 def _settings(ctx: RunContext) -> dict[str, Any]:
     c, m = ctx.config, ctx.loaded
     out = {
@@ -587,7 +605,7 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
         "layer": ctx.layer,
         "methods": list(ctx.methods),
         "method_options": {k: dict(sorted(v.items())) for k, v in ctx.options.items()},
-        "target": str(ctx.target) if isinstance(ctx.target, NamedTarget) else ctx.target,
+        "target": _target_setting(ctx.target),
         "image_size": list(m.input_size),
         "mean": [float(v) for v in m.mean],
         "std": [float(v) for v in m.std],

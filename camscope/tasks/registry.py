@@ -157,6 +157,7 @@ class Task:
     resolve: Callable[[Any, LoadedModel], Any] | None = None
     measured: str = ""
     options: tuple[str, ...] = ()  # the `TaskParams` fields (run options) this task reads
+    several_targets: bool = False  # --target may be given several times (prompts)
 
 
 # -- model loading ------------------------------------------------------------------------
@@ -504,6 +505,7 @@ TASKS: dict[str, Task] = {
         "prompt", "CLIP text prompts", True, _load_clip, _prompt_probe,
         _prompt_explain, _prompt_scorer, _prompt_resolve,
         "the prompt's probability over the prompts (softmax of CLIP's similarities)",
+        several_targets=True,
     ),
 }  # fmt: skip
 
