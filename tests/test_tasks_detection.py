@@ -18,6 +18,7 @@ from camscope.tasks.detection import (
     box_scores,
     default_detection_layer,
     detect,
+    detector_module,
     explain_detections,
     predictions,
 )
@@ -194,3 +195,15 @@ def test_ultralytics_yolo_from_its_yaml():
     assert result.maps.shape == (1, 96, 128) and not result.empty.any()
     assert result.detections[0].name == yolo.model.names[result.detections[0].label]
     assert float(result.scores[0]) == pytest.approx(1 + result.detections[0].score, abs=1e-4)
+
+
+def test_ultralytics_detection_model_is_the_network():
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    torch.manual_seed(0)
+    model = tasks.DetectionModel("yolov8n.yaml", verbose=False).eval()  # no download
+    assert detector_module(model) is model
+    image = _image(96, 128)
+    result = explain_detections(model, image, method="gradcam", score_threshold=0.0, max_objects=1)
+    assert result.layer == "model.21"
+    assert result.maps.shape == (1, 96, 128) and not result.empty.any()
+    assert result.detections[0].name == model.names[result.detections[0].label]

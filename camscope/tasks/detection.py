@@ -254,9 +254,14 @@ def detect(
 
 
 def detector_module(model: nn.Module) -> nn.Module:
-    """The network itself: an ultralytics ``YOLO`` object's ``.model``; others as they are."""
+    """The network itself: an ultralytics ``YOLO`` object's ``.model``; others as they are.
+
+    An ultralytics ``DetectionModel`` is already the network (its ``.model`` is its layers'
+    ``nn.Sequential``, which cannot run alone): returned as it is.
+    """
     inner = getattr(model, "model", None)
-    if type(model).__module__.startswith("ultralytics") and isinstance(inner, nn.Module):
+    ultralytics = type(model).__module__.startswith("ultralytics")
+    if ultralytics and isinstance(inner, nn.Module) and not isinstance(inner, nn.Sequential):
         return inner.eval()
     return model
 
