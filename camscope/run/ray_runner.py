@@ -685,7 +685,7 @@ def _grid_output(ctx: Any, item: WorkItem, mine: list[list[dict]], rgb: Any, ori
                 stack.append(np.load(npy))
                 continue
             raw = torch.tensor(row["raw"]).view(1, row["raw_h"], row["raw_w"])
-            stack.append(normalise_maps(raw, size)[0].numpy())
+            stack.append(normalise_maps(raw, size)[0][0].numpy())  # (maps, empty)[0][0]
         maps[method] = np.stack(stack)
     if mine[0][0].get("object_index") is not None:
         sx, sy = size[1] / original[0], size[0] / original[1]
