@@ -52,8 +52,22 @@ def localisation(i: int, k: int, seed: int, shift: float) -> dict[str, float]:
     }
 
 
+def shaped_curves(dele: float, ins: float, steps: int) -> dict[str, list[float]]:
+    """Deletion (1 - x)^p and insertion 1 - (1 - x)^q at x = k / steps, areas ``dele`` / ``ins``.
+
+    Each image's curves follow its own AUCs (continuous areas; the trapezoid's differ a little).
+    """
+    x = np.linspace(0, 1, steps + 1)
+    p = 1 / np.clip(dele, 0.02, 0.98) - 1
+    q = 1 / (1 - np.clip(ins, 0.02, 0.98)) - 1
+    return {
+        "deletion_curve": ((1 - x) ** p).tolist(),
+        "insertion_curve": (1 - (1 - x) ** q).tolist(),
+    }
+
+
 def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase, boxes,
-              seed) -> list[dict]:  # fmt: skip
+              seed, curves) -> list[dict]:  # fmt: skip
     key = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
     base = {
         "key": key, "name": path.stem, "file": str(path), "settings_hash": "abc",
@@ -75,17 +89,18 @@ def _rows_for(i, path, methods, rng, *, metrics, steps, empty, shift, increase, 
         if metrics:
             dele = float(np.clip(rng.normal(0.2 + shift * k, 0.05), 0, 1))
             ins = float(np.clip(rng.normal(0.6 - shift * k, 0.05), 0, 1))
-            curve = np.linspace(1, 0, steps + 1) ** (1 + k)
             row.update(
                 base_prob=0.5, explanation_prob=0.4,
                 average_drop=float(np.clip(rng.normal(0.3 + shift * k, 0.1), 0, 1)),
                 deletion_auc=dele, insertion_auc=ins, increase=bool(increase(i, k)),
-                deletion_curve=curve.tolist(), insertion_curve=curve[::-1].tolist(),
+                **shaped_curves(dele, ins, steps),
                 road_morf=0.9 * dele, road_lerf=0.5 + 0.5 * ins,  # no draw: streams unchanged
                 road_combined=(0.5 + 0.5 * ins - 0.9 * dele) / 2,
                 road_morf_curve=(0.9 * dele * np.linspace(1.4, 0.6, 9)).tolist(),  # mean: morf
                 road_lerf_curve=((0.5 + 0.5 * ins) * np.linspace(1.2, 0.8, 9)).tolist(),
             )  # fmt: skip
+            if curves is not None:  # the test's own curves (and values) for image i, method k
+                row.update(curves(i, k, steps))
         for other in methods:
             if other != m:
                 row[f"pearson__{other}"] = float(rng.uniform(-0.2, 1.0))
@@ -111,6 +126,8 @@ def make_run(
     images: Path | None = None,
     seed: int = 0,
     boxes=None,
+    image_size: tuple[int, int] | None = (224, 224),
+    curves=None,
 ) -> Path:
     """A run folder with images ``start .. start + n - 1`` (the same i -> the same image).
 
@@ -118,7 +135,11 @@ def make_run(
     inputs. sanity: method -> (final-step Spearman per image, empty randomised per image).
     Complexity (sparseness, entropy of the raw map) is in every row, as in a run; boxes: a
     predicate of i, the images with ground-truth boxes (localisation values, better for
-    earlier methods by ``2 * shift`` per method; None = a run without --boxes).
+    earlier methods by ``2 * shift`` per method; None = a run without --boxes). With metrics,
+    the deletion / insertion curves follow each row's AUCs (`shaped_curves`) and ROAD's curves
+    its MoRF / LeRF; curves: (i, k, steps) -> columns that replace them (and any value) for
+    image i and method number k. image_size: the model input recorded in run.json (None: not
+    recorded, as a run before the report derived settings from it).
     """
     folder.mkdir(parents=True, exist_ok=True)
     images = images or folder.parent / "inputs"
@@ -132,7 +153,8 @@ def make_run(
         rng = np.random.default_rng([seed, i])  # the same image gets the same rows in any shard
         rows += _rows_for(i, path, methods, rng, metrics=metrics, steps=steps,
                           empty=empty or {}, shift=shift, increase=increase,
-                          boxes=boxes or (lambda i: False), seed=seed)  # fmt: skip
+                          boxes=boxes or (lambda i: False), seed=seed,
+                          curves=curves)  # fmt: skip
     for j in range(failures):
         rows.append({"key": f"{j:032x}", "name": f"broken{start + j}", "status": "failed",
                      "settings_hash": "abc",
@@ -154,6 +176,13 @@ def make_run(
            "methods": methods, "steps": steps}, "settings_hash": "abc"}  # fmt: skip
     if boxes is not None:
         run["settings"]["boxes"] = "synthetic"
+    if image_size is not None:
+        run["settings"]["image_size"] = list(image_size)
+    if metrics:  # as a run with ROAD records it
+        run["settings"]["road"] = {
+            "fractions": [round(0.1 * f, 1) for f in range(1, 10)],
+            "noise": 0.01,
+        }
     (folder / "run.json").write_text(json.dumps(run))
     if metrics:  # as the run's end writes it
         from camscope.run.finalize import write_metrics_csv

@@ -33,6 +33,7 @@ from camscope.report.plots import curve_sums, figure_png, plot_curves, plot_dist
 from camscope.report.render import render_html, render_markdown
 from camscope.report.source import RunFolderError, RunTable, read_run, read_sanity
 from camscope.report.text import label, num
+from camscope.report.variants import curve_facts, derive_settings
 
 log = logging.getLogger("camscope")
 
@@ -211,6 +212,7 @@ def build_report(
         preferred = [m for m in dict.fromkeys(found) if m]
     table = RunTable(dirs, preferred)
     s = load_scalars(table, preferred)
+    derive_settings(table, s, curve_facts([_settings(r) for r in runs]))
     summary = summarise(s, read_sanity(dirs), thresholds=thresholds, resamples=resamples)
     steps = next((_settings(r).get("steps") for r in runs if _settings(r).get("steps")), None)
     ctx = ReportContext(

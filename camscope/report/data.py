@@ -10,7 +10,7 @@ means and the sanity verdicts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +35,10 @@ __all__ = [
     "IMAGE_COLUMNS",
     "METRICS",
     "MetricSpec",
+    "Derivation",
     "Scalars",
+    "Setting",
+    "SettingCheck",
     "Summary",
     "Thresholds",
     "load_scalars",
@@ -70,6 +73,25 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class Derivation:
+    """How a setting variant of a metric is computed from a row's stored curves (no forward pass).
+
+    base: the key of the metric in `METRICS` whose setting this varies. varies: what differs, as
+    the report says it ("step count"). columns: the stored per-row curve columns it reads.
+    value: those curves, one (rows, points) float64 array per column, -> (rows,) values.
+    settings: the run's facts (`camscope.report.variants.CurveFacts`) -> (the run's setting,
+    this setting) as labels ("32 steps", "8 steps"), or None when this setting cannot be derived
+    exactly from the stored curves (then it is left out, and nothing is said about it).
+    """
+
+    base: str
+    varies: str
+    columns: tuple[str, ...]
+    value: Callable[..., np.ndarray]
+    settings: Callable[..., tuple[str, str] | None]
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     """A per-image metric: column of the table, display, range, interval, tie rule, definition.
 
@@ -87,7 +109,9 @@ class MetricSpec:
     kind: what the metric needs and how the report groups it: "faithfulness" (forward passes,
     only with --metrics), "localisation" (only with --boxes, NaN for an image without boxes)
     or "complexity" (every map of every run). reading: for a metric that is not ranked, what a
-    higher value means ("higher = sparser"), shown instead of a better direction.
+    higher value means ("higher = sparser"), shown instead of a better direction. derive: set
+    only on a setting variant (`camscope.report.variants.VARIANTS`): how it is computed from the
+    stored curves; variants are not summarised, only compared with their metric's run setting.
     """
 
     key: str
@@ -104,6 +128,7 @@ class MetricSpec:
     family: str = ""
     kind: str = "faithfulness"
     reading: str = ""
+    derive: Derivation | None = None
 
     @property
     def group(self) -> str:
@@ -205,6 +230,19 @@ def _method_columns() -> tuple[str, ...]:
     return ("empty", "share_above_half", "seconds", *(s.key for s in METRICS))
 
 
+@dataclass(frozen=True)
+class Setting:
+    """A metric under another setting, derived for this report (`camscope.report.variants`).
+
+    spec: the variant (``spec.derive`` set; label, direction and tie are its metric's). run: the
+    run's setting ("32 steps"); other: this one ("8 steps").
+    """
+
+    spec: MetricSpec
+    run: str
+    other: str
+
+
 @dataclass
 class Scalars:
     """Per-image scalars of a results table, aligned over the ok images.
@@ -215,6 +253,8 @@ class Scalars:
     in `RunTable.batches` order (-1 where missing), to fetch maps of chosen images later.
     failures: name, file, error of failed inputs. has_metrics: faithfulness was measured (a run
     with --metrics; complexity, in every run, and localisation, with --boxes, do not count).
+    settings: variant key -> `Setting`, the setting variants derived from the stored curves
+    (their per-image values are in ``values`` under the variant's key).
     """
 
     methods: list[str]
@@ -223,6 +263,7 @@ class Scalars:
     rows: dict[str, np.ndarray]
     failures: pa.Table
     has_metrics: bool
+    settings: dict[str, Setting] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -284,6 +325,26 @@ def load_scalars(table: RunTable, preferred: Sequence[str] = ()) -> Scalars:
     return Scalars(methods, images, values, rows, failures, has_metrics)
 
 
+@dataclass(frozen=True)
+class SettingCheck:
+    """A metric's ranking under another setting, against the run's setting of it.
+
+    setting: the `Setting`. ranking: the methods ranked by the variant (`rank_methods`, as any
+    metric). tau: Kendall tau-b between the run's setting's order of the methods and this
+    setting's, with its bootstrap interval (`ranking_agreement`).
+    """
+
+    setting: Setting
+    ranking: Ranking
+    tau: Interval
+
+    @property
+    def base(self) -> MetricSpec:
+        """The metric (in `METRICS`) whose setting is varied."""
+        key = self.setting.spec.derive.base  # type: ignore[union-attr]
+        return next(spec for spec in METRICS if spec.key == key)
+
+
 @dataclass
 class Summary:
     """Statistics of one report: per-method intervals, rankings, agreement, sanity.
@@ -293,7 +354,8 @@ class Summary:
     agreement: (a, b) -> {"pearson": Interval, "top20_iou": Interval}. sanity: method ->
     `SanityVerdict` (+ ``sanity_steps``: method -> (steps, last block)). measured: the metrics
     with a value for some method. coverage: metric kind -> images with a value of a metric of
-    that kind for some method (localisation: the images that had boxes).
+    that kind for some method (localisation: the images that had boxes). settings: one
+    `SettingCheck` per derived setting variant of a ranked metric (`Scalars.settings`).
     """
 
     intervals: dict[str, dict[str, Interval]]
@@ -308,6 +370,7 @@ class Summary:
     measured: list[MetricSpec] = field(default_factory=list)
     metric_agreement: dict[tuple[str, str], Interval] = field(default_factory=dict)
     coverage: dict[str, int] = field(default_factory=dict)
+    settings: list[SettingCheck] = field(default_factory=list)
 
     @property
     def ranked(self) -> list[MetricSpec]:
@@ -338,6 +401,35 @@ def _agreement(s: Scalars, resamples: int) -> dict[tuple[str, str], dict[str, In
                     cols[key] = bootstrap_interval(v, bounds=bounds, resamples=resamples)
             if cols:
                 out[(a, b)] = cols
+    return out
+
+
+def _rank(s: Scalars, spec: MetricSpec, resamples: int) -> Ranking:
+    samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
+    return rank_methods(
+        samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
+        resamples=resamples, bounds=spec.bounds,
+    )  # fmt: skip
+
+
+def _setting_checks(s: Scalars, ranked: Sequence[MetricSpec], resamples: int) -> list[SettingCheck]:
+    """Per ranked metric: each derived setting's ranking and its tau with the run's setting."""
+    out = []
+    for spec in ranked:
+        found = [v for v in s.settings.values() if v.spec.derive.base == spec.key]  # type: ignore[union-attr]
+        found = [v for v in found if any(np.isfinite(s.values[m][v.spec.key]).any()
+                                         for m in s.methods)]  # fmt: skip
+        if not found or len(s.methods) < 2:
+            continue
+        specs = [spec, *(v.spec for v in found)]
+        taus = ranking_agreement(
+            {x.key: {m: s.values[m][x.key] for m in s.methods} for x in specs},
+            {x.key: x.higher_is_better for x in specs},
+            tolerance={x.key: x.tie for x in specs},
+            resamples=resamples,
+        )
+        out += [SettingCheck(v, _rank(s, v.spec, resamples), taus[(spec.key, v.spec.key)])
+                for v in found]  # fmt: skip
     return out
 
 
@@ -375,13 +467,7 @@ def summarise(
         m: {spec.key: _interval(spec, s.values[m][spec.key], resamples) for spec in METRICS}
         for m in s.methods
     }
-    rankings = {}
-    for spec in measured:
-        samples: Mapping[str, np.ndarray] = {m: s.values[m][spec.key] for m in s.methods}
-        rankings[spec.key] = rank_methods(
-            samples, higher_is_better=spec.higher_is_better, tolerance=spec.tie,
-            resamples=resamples, bounds=spec.bounds,
-        )  # fmt: skip
+    rankings = {spec.key: _rank(s, spec, resamples) for spec in measured}
     ranked = [spec for spec in measured if spec.ranked]
     metric_agreement = {}
     if len(ranked) > 1 and len(s.methods) > 1:
@@ -408,4 +494,5 @@ def summarise(
         measured=measured,
         metric_agreement=metric_agreement,
         coverage=coverage,
+        settings=_setting_checks(s, ranked, resamples),
     )

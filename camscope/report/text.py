@@ -18,7 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from camscope.metrics import CONFIDENCE, CORRECTION, Interval, Ranking
-from camscope.report.data import METRICS, MetricSpec, Scalars, Summary, Thresholds
+from camscope.report.data import (
+    METRICS,
+    MetricSpec,
+    Scalars,
+    SettingCheck,
+    Summary,
+    Thresholds,
+)
 from camscope.report.document import Finding, Matrix, MatrixCell, Paragraph, Table
 from camscope.visualize import method_label
 
@@ -33,6 +40,7 @@ __all__ = [
     "ranking_paragraph",
     "robustness",
     "sanity_lines",
+    "settings_blocks",
     "statistics_statement",
     "summary_table",
 ]
@@ -105,6 +113,12 @@ def statistics_statement(summary: Summary) -> list[str]:
         lines.append(
             "Ranking robustness: Kendall's τ-b between two metrics' orders of the methods (ties "
             f"as above), with a {_PCT} percentile bootstrap interval over images."
+        )
+    if summary.settings:
+        lines.append(
+            "Settings of a metric: the same τ-b between the order under the run's setting and "
+            "under a setting derived from the stored curves; a derived setting's paired "
+            "differences are corrected as any metric's."
         )
     return lines
 
@@ -223,17 +237,25 @@ def _overall(summary: Summary, ranked: list[MetricSpec]) -> Finding:
                    f"significantly best method per metric is {'; '.join(parts)}.")  # fmt: skip
 
 
+def _ahead(x: str, y: str, orders: list[tuple[str, Ranking]], higher: dict[str, bool]) -> dict:
+    """Method -> the names of the orders (metrics or settings) that put it significantly ahead."""
+    ahead: dict[str, list[str]] = {x: [], y: []}
+    for name, rk in orders:
+        c = rk.comparisons
+        if c is None or x not in c.methods or y not in c.methods:
+            continue
+        d = c.difference(x, y)
+        if d.significant:
+            ahead[x if (d.mean > 0) == higher[name] else y].append(name)
+    return ahead
+
+
 def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
     out = []
+    orders = [(spec.label, summary.rankings[spec.key]) for spec in ranked]
+    higher = {spec.label: spec.higher_is_better for spec in ranked}
     for x, y in itertools.combinations(s.methods, 2):
-        ahead: dict[str, list[str]] = {x: [], y: []}
-        for spec in ranked:
-            c = summary.rankings[spec.key].comparisons
-            if c is None or x not in c.methods or y not in c.methods:
-                continue
-            d = c.difference(x, y)
-            if d.significant:
-                ahead[x if (d.mean > 0) == spec.higher_is_better else y].append(spec.label)
+        ahead = _ahead(x, y, orders, higher)
         if ahead[x] and ahead[y]:
             out.append(Finding("depends", f"On these images the ranking of {label(x)} and "
                                f"{label(y)} depends on the metric: {label(x)} is ahead on "
@@ -272,23 +294,93 @@ def _tau_summary(summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
 
 
 def robustness(s: Scalars, summary: Summary) -> list[Paragraph | Table]:
-    """How much the ranking of the methods depends on the metric (every ranked metric).
+    """How much the ranking of the methods depends on the metric and on the metric's settings.
 
-    One verdict over all metrics (a method called ahead everywhere only when it is significantly
-    best on each), a sentence for every two methods that two metrics order significantly
-    oppositely, and the Kendall τ-b table. Variants of a metric declared in `METRICS` (other
-    settings) count as metrics here.
+    Across metrics (every ranked metric): one verdict over all metrics (a method called ahead
+    everywhere only when it is significantly best on each), a sentence for every two methods
+    that two metrics order significantly oppositely, and the Kendall τ-b table; variants of a
+    metric declared in `METRICS` (other settings) count as metrics here. Across settings
+    (`settings_blocks`): the variants derived from the stored curves.
     """
     ranked = summary.ranked
     if len(ranked) < 2 or len(s.methods) < 2:
-        return [Paragraph("Needs two or more methods ranked by two or more metrics.")]
+        return [Paragraph("Needs two or more methods ranked by two or more metrics."),
+                *settings_blocks(s, summary)]  # fmt: skip
     findings = [_overall(summary, ranked), *_depends(s, summary, ranked)]
     if len(findings) == 1:
         findings.append(Finding("consistent", "No two metrics order any two methods "
                                 "significantly oppositely."))  # fmt: skip
     findings += _tau_summary(summary, ranked)
     text = f"Across {len(ranked)} metrics and {len(s.methods)} methods:"
-    return [Paragraph(text, findings=findings), _tau_table(summary, ranked)]
+    blocks: list[Paragraph | Table] = [Paragraph(text, findings=findings)]
+    return [*blocks, _tau_table(summary, ranked), *settings_blocks(s, summary)]
+
+
+_SETTINGS_TEXT = (
+    "Across settings of a metric, derived from the run's stored curves (no new forward pass: "
+    "a coarser step count takes every 2nd or 4th point of the deletion and insertion curves, "
+    "which is exactly the curve it measures; ROAD takes the mean over part of its removed "
+    "fractions), {checks} other setting{s} of {metrics} metric{ms}:"
+)
+
+
+def _setting_depends(s: Scalars, checks: list[SettingCheck], summary: Summary) -> list[Finding]:
+    """Two methods that two settings of one metric order significantly oppositely."""
+    out = []
+    for key in dict.fromkeys(c.base.key for c in checks):
+        mine = [c for c in checks if c.base.key == key]
+        spec, varies = mine[0].base, mine[0].setting.spec.derive.varies  # type: ignore[union-attr]
+        orders = [(mine[0].setting.run, summary.rankings[key])]
+        orders += [(c.setting.other, c.ranking) for c in mine]
+        higher = dict.fromkeys((name for name, _ in orders), spec.higher_is_better)
+        for x, y in itertools.combinations(s.methods, 2):
+            ahead = _ahead(x, y, orders, higher)
+            if ahead[x] and ahead[y]:
+                out.append(Finding("depends_setting", f"On these images the ranking of "
+                                   f"{label(x)} and {label(y)} depends on the {varies} of "
+                                   f"{spec.label}: {label(x)} is ahead with {join(ahead[x])}, "
+                                   f"{label(y)} with {join(ahead[y])}."))  # fmt: skip
+    return out
+
+
+def _tau_cell(iv: Interval) -> str:
+    if not math.isfinite(iv.mean):
+        return "n/a (all tied)"
+    return f"{num(iv.mean, 2)} [{num(iv.low, 2)}, {num(iv.high, 2)}]"
+
+
+def settings_blocks(s: Scalars, summary: Summary) -> list[Paragraph | Table]:
+    """Per ranked metric, its ranking under each derived setting against the run's setting.
+
+    A sentence for every two methods that two settings of one metric order significantly
+    oppositely (else one that none do), one over the τ-b values, and a table: metric, the run's
+    setting, the other setting, Kendall τ-b with its interval, images. Nothing when no setting
+    was derived (a run without --metrics, or whose curves cannot give another setting exactly).
+    """
+    checks = [c for c in summary.settings if c.base.key in summary.rankings]
+    if not checks or len(s.methods) < 2:
+        return []
+    findings = _setting_depends(s, checks, summary)
+    if not findings:
+        findings.append(Finding("settings_consistent", "No two settings of a metric order any "
+                                "two methods significantly oppositely."))  # fmt: skip
+    taus = [c.tau for c in checks if math.isfinite(c.tau.mean)]
+    if taus:
+        findings.append(
+            Finding(
+                "tau_derived",
+                _tau_sentence(
+                    taus, "settings of one metric (the run's and a derived one)", summary.min_n
+                ),
+            )
+        )
+    metrics = len({c.base.key for c in checks})
+    text = _SETTINGS_TEXT.format(checks=len(checks), s="s" if len(checks) != 1 else "",
+                                 metrics=metrics, ms="s" if metrics != 1 else "")  # fmt: skip
+    header = ["Metric", "Run's setting", "Other setting", f"Kendall τ-b [{_PCT} CI]", "n"]
+    rows = [[c.base.label, c.setting.run, c.setting.other, _tau_cell(c.tau), str(c.tau.n)]
+            for c in checks]  # fmt: skip
+    return [Paragraph(text, findings=findings), Table(header, rows, css="tau")]
 
 
 def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
