@@ -6,6 +6,9 @@ report; memory and page size stay bounded whatever the number of images. Modules
 - `camscope.report.source`: the report's access to run folders (through `camscope.io.runfolder`).
 - `camscope.report.data`: per-image scalars, the metric table `METRICS` (one declaration per
   metric), intervals, corrected rankings, ranking agreement between metrics, sanity verdicts.
+- `camscope.report.variants`: other settings of a metric (`VARIANTS`: deletion / insertion at
+  fewer steps, ROAD over part of its fractions) derived from the stored curves, for the
+  ranking robustness.
 - `camscope.report.text`: every sentence of the analysis, chosen by the numbers (as `Finding`s
   and blocks).
 - `camscope.report.plots`: mean curves (streamed sums) and distributions.
@@ -33,6 +36,7 @@ from camscope.report.gallery import GALLERY_CAP
 from camscope.report.outline import SECTIONS, build_document
 from camscope.report.render import CSP, MAX_BYTES, render_html, render_markdown
 from camscope.report.source import RunFolderError, RunTable
+from camscope.report.variants import VARIANTS
 
 __all__ = [
     "CSP",
@@ -48,6 +52,7 @@ __all__ = [
     "Scalars",
     "Summary",
     "Thresholds",
+    "VARIANTS",
     "build_document",
     "build_report",
     "comparisons_csv",
