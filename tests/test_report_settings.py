@@ -222,3 +222,18 @@ def test_no_variant_without_metrics_or_without_road(tmp_path):
     assert {v.spec.derive.varies for v in _scalars(unknown).settings.values()} == {
         "removed fractions"
     }
+
+
+def test_a_curve_of_another_length_gets_no_value(tmp_path):
+    """A row whose stored curve has not the run's steps + 1 points is left out (no value)."""
+
+    def short(i: int, k: int, steps: int) -> dict:
+        return {"deletion_curve": [1.0, 0.5, 0.0]} if i == 0 else {}
+
+    run = make_run(tmp_path / "run", 12, steps=8, curves=short)
+    s = _scalars(run)
+    first = s.images.column("name").to_pylist().index("img00000")
+    for m in METHODS:
+        values = s.values[m]["deletion_auc@1/2_steps"]
+        assert np.isnan(values[first]) and np.isfinite(np.delete(values, first)).all()
+        assert np.isfinite(s.values[m]["insertion_auc@1/2_steps"]).all()

@@ -82,6 +82,8 @@ class Derivation:
     settings: the run's facts (`camscope.report.variants.CurveFacts`) -> (the run's setting,
     this setting) as labels ("32 steps", "8 steps"), or None when this setting cannot be derived
     exactly from the stored curves (then it is left out, and nothing is said about it).
+    points: the facts -> the length every stored curve must have (a row whose curve has another
+    length, e.g. one re-evaluated with other steps, gets no value).
     """
 
     base: str
@@ -89,6 +91,7 @@ class Derivation:
     columns: tuple[str, ...]
     value: Callable[..., np.ndarray]
     settings: Callable[..., tuple[str, str] | None]
+    points: Callable[..., int]
 
 
 @dataclass(frozen=True)

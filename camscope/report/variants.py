@@ -87,7 +87,7 @@ def _coarser(base: str, column: str, stride: int) -> Derivation:
     def value(curve: np.ndarray) -> np.ndarray:
         return trapezoid(curve[:, ::stride])
 
-    return Derivation(base, "step count", (column,), value, settings)
+    return Derivation(base, "step count", (column,), value, settings, lambda f: f.steps + 1)
 
 
 def _half(n: int, which: str) -> slice:
@@ -113,7 +113,9 @@ def _fractions(base: str, which: str) -> Derivation:
         return {"road_morf": mo, "road_lerf": le, "road_combined": (le - mo) / 2}[base]
 
     columns = ("road_morf_curve", "road_lerf_curve")
-    return Derivation(base, "removed fractions", columns, value, settings)
+    return Derivation(
+        base, "removed fractions", columns, value, settings, lambda f: len(f.fractions)
+    )
 
 
 def _variant(suffix: str, derive: Derivation) -> MetricSpec:
@@ -143,20 +145,13 @@ def _stacked(column: pa.ChunkedArray, points: int) -> tuple[np.ndarray, np.ndarr
     return rows, flat.reshape(len(rows), points)
 
 
-def _points(derive: Derivation, f: CurveFacts) -> int:
-    """The stored curve's length the variant expects (a row with another length is left out)."""
-    if derive.columns[0].startswith("road"):
-        return len(f.fractions or ())
-    return (f.steps or 0) + 1
-
-
 def _derive_batch(part: pa.Table, variants: Sequence[MetricSpec], f: CurveFacts) -> dict:
     """Variant key -> (rows,) float64 values of one streamed part, NaN where not derivable."""
     out = {}
     for v in variants:
         d = v.derive
         values = np.full(part.num_rows, np.nan)
-        picked = [_stacked(part[c], _points(d, f)) for c in d.columns]  # type: ignore[union-attr]
+        picked = [_stacked(part[c], d.points(f)) for c in d.columns]  # type: ignore[union-attr]
         common = picked[0][0]
         for rows, _ in picked[1:]:
             common = np.intersect1d(common, rows)
