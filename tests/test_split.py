@@ -296,3 +296,102 @@ def test_cache_that_is_not_per_image_falls_back_to_hooks(tiny_inputs, caplog):
     assert any("per-image" in r.getMessage() for r in caplog.records)
     _check_ablation_weights(model, tiny_inputs, with_hooks.weights)
     assert no_hooks(model)
+
+
+# --------------------------------------------------------------------------------------------
+# run(grad=True): activations, model output and the gradient at the layer from one evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def reference_gradient(model: nn.Module, layer: str, x: torch.Tensor, column: int):
+    """d logits[:, column].sum() / d(layer output): the whole model, the output substituted."""
+    acts, _ = whole_model(model, layer, x)
+    leaf = acts.clone().requires_grad_(True)
+    _, module = resolve_layer(model, layer)
+    handle = module.register_forward_hook(lambda _m, _i, _o: leaf.clone())
+    try:
+        with torch.enable_grad():
+            (grads,) = torch.autograd.grad(model(x)[:, column].sum(), leaf)
+    finally:
+        handle.remove()
+    return grads
+
+
+@pytest.mark.parametrize(
+    ("kind", "fixture", "layer"),
+    [
+        ("hook", "tiny_model", "act2"),
+        ("hook", "tiny_model", "conv3"),
+        ("hook", "inplace_model", "bn"),
+        ("fx", "tiny_model", "conv3"),
+        ("fx", "inplace_model", "bn"),
+    ],
+)
+@pytest.mark.parametrize("caller_grad", [True, False])
+def test_run_with_grad_gives_everything_from_one_pass(
+    request, tiny_inputs, kind, fixture, layer, caller_grad
+):
+    model = request.getfixturevalue(fixture)
+    _, module = resolve_layer(model, layer)
+    runner = HookRunner(model, layer, module) if kind == "hook" else FxSplit(model, layer)
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    seen: list[bool] = []  # whether the first layer's output carries a graph
+    handle = first.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
+    try:
+        with torch.set_grad_enabled(caller_grad):
+            run = runner.run(tiny_inputs, grad=True)
+            assert torch.is_grad_enabled() == caller_grad  # the caller's mode is restored
+    finally:
+        handle.remove()
+    assert seen == [False]  # one pass; the layers before the target ran without autograd
+    assert no_hooks(model)
+    expected_acts, expected_logits = whole_model(model, layer, tiny_inputs)
+    assert (run.output - expected_acts).abs().max() <= 1e-12 and not run.output.requires_grad
+    assert (run.model_output - expected_logits).abs().max() <= 1e-10
+    assert run.leaf is not None and run.leaf.is_leaf and run.leaf.requires_grad
+    (grads,) = torch.autograd.grad(run.model_output[:, 2].sum(), run.leaf)
+    expected = reference_gradient(model, layer, tiny_inputs, 2)
+    assert (grads - expected).abs().max() <= 1e-10 * (1 + expected.abs().max())
+    plain = runner.run(tiny_inputs)  # no grad: no leaf, no graph
+    assert plain.leaf is None and not plain.model_output.requires_grad
+    assert (plain.model_output - expected_logits).abs().max() <= 1e-10
+
+
+def test_hook_runner_run_removes_hooks_and_restores_grad_mode_on_errors(tiny_model):
+    runner = HookRunner(tiny_model, "act2", tiny_model.act2)
+    bad = torch.randn(1, 4, 16, 16, dtype=torch.float64)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        runner.run(bad, grad=True)
+    assert no_hooks(tiny_model) and torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "ShapleyCAM", "HiResCAM", "GradCAMPlusPlus"])
+def test_gradient_methods_through_the_hook_runner_match_the_split(
+    tiny_model, untraceable_model, tiny_inputs, method
+):
+    """One whole-network pass (the leaf in place of the layer output) gives the split's maps;
+    ShapleyCAM's Hessian-vector product (double backward) goes through that pass's graph."""
+    import camscope.methods as methods
+    from camscope.methods import ClassifierOutputReST
+
+    cls = getattr(methods, method)
+    targets = [ClassifierOutputReST(c) for c in (1, 3, 4)][: len(tiny_inputs)]
+    calls: list[int] = []
+    with cls(untraceable_model, "act2") as cam:
+        assert isinstance(cam.runner, HookRunner)
+        cam.explain(tiny_inputs, targets)  # the first call also probes the layer's layout
+        handle = untraceable_model.conv1.register_forward_hook(lambda *_: calls.append(1))
+        got = cam.explain(tiny_inputs, targets)
+        handle.remove()
+    assert len(calls) == 1  # ONE whole-network pass
+    with cls(tiny_model, "act2") as cam:
+        assert isinstance(cam.runner, FxSplit)
+        expected = cam.explain(tiny_inputs, targets)
+    assert (got.weights - expected.weights).abs().max() <= 1e-9 * (1 + expected.weights.abs().max())
+    assert (got.maps - expected.maps).abs().max() <= 1e-6
+
+
+def test_context_logits_carry_no_graph(untraceable_model, tiny_inputs):
+    with GradCAM(untraceable_model, "act2") as cam:
+        result = cam.explain(tiny_inputs)
+    assert not result.logits.requires_grad and not cam.outputs.requires_grad

@@ -34,7 +34,14 @@ from camscope.layers.probe import (
     probe_layers,
     zero_image,
 )
-from camscope.layers.split import FeatureRunner, FxSplit, HookRunner, SplitError, split_model
+from camscope.layers.split import (
+    FeatureRunner,
+    FxSplit,
+    HookRunner,
+    LayerRun,
+    SplitError,
+    split_model,
+)
 
 __all__ = [
     "DEFAULT_RULES",
@@ -46,6 +53,7 @@ __all__ = [
     "LayerCheck",
     "LayerError",
     "LayerProbe",
+    "LayerRun",
     "Layout",
     "LayoutError",
     "MapLayout",

@@ -13,6 +13,12 @@ the part of the network *after* that layer. `split_model` builds two runners wit
   activations for the layer's output. Same answers, full cost; `split_model` says so on
   stderr and in ``runner.note``.
 
+``run(inputs, grad=True)`` gives the activations, the model's output and a leaf to take the
+gradient at, from one evaluation: `FxSplit` runs the head, then the tail once on a leaf that
+requires grad; `HookRunner` runs the whole network ONCE, its hook replacing the layer's output
+by such a leaf (the layers before it run without autograd, the layers after it with), so the
+output's graph reaches the leaf and stops there.
+
 Hooks are registered for the duration of one call and always removed (try/finally), so nothing
 leaks into the caller's model.
 """
@@ -23,6 +29,7 @@ import inspect
 import logging
 import operator
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -30,11 +37,29 @@ from torch import nn
 
 log = logging.getLogger("camscope")
 
-__all__ = ["FeatureRunner", "FxSplit", "HookRunner", "SplitError", "split_model"]
+__all__ = ["FeatureRunner", "FxSplit", "HookRunner", "LayerRun", "SplitError", "split_model"]
 
 
 class SplitError(RuntimeError):
     """The model cannot be split at the requested layer."""
+
+
+class LayerRun(NamedTuple):
+    """One evaluation of the network (`FeatureRunner.run`).
+
+    Attributes:
+        output: the layer's output (detached).
+        cache: what `FeatureRunner.classify` reads besides the layer's output.
+        model_output: the model's output for the inputs, as the model returns it.
+        leaf: with ``grad``, the tensor (requiring grad, equal to ``output``) that the layer's
+            output was replaced by: ``model_output``'s graph starts there, so a gradient of
+            the output w.r.t. ``leaf`` is the gradient at the layer. None without ``grad``.
+    """
+
+    output: torch.Tensor
+    cache: tuple[torch.Tensor, ...]
+    model_output: Any
+    leaf: torch.Tensor | None
 
 
 class FeatureRunner:
@@ -71,6 +96,21 @@ class FeatureRunner:
             The model's logits for ``activations``; the caller's tensor is never changed.
         """
         raise NotImplementedError
+
+    def run(self, inputs: torch.Tensor, *, grad: bool = False) -> LayerRun:
+        """`features`, then `classify` on them (on a leaf that requires grad with ``grad``).
+
+        Args:
+            inputs: (N, C, H, W) model inputs.
+            grad: build the graph from the layer's output to the model's output.
+        """
+        with torch.no_grad():
+            output, cache = self.features(inputs)
+            if not grad:
+                return LayerRun(output, cache, self.classify(output, cache), None)
+        leaf = output.detach().requires_grad_(True)
+        with torch.enable_grad():
+            return LayerRun(output, cache, self.classify(leaf, cache), leaf)
 
     @staticmethod
     def expand_cache(
@@ -279,6 +319,38 @@ class HookRunner(FeatureRunner):
         if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
             raise SplitError(f"layer {self.layer} ran {len(captured)} times or returned no tensor")
         return captured[0], (inputs,)
+
+    def run(self, inputs: torch.Tensor, *, grad: bool = False) -> LayerRun:
+        """ONE whole-network pass: the layer's output, the model's output and (``grad``) a leaf.
+
+        Without ``grad`` the hook only copies the layer's output. With ``grad`` it replaces the
+        output by a copy of a leaf that requires grad and turns autograd on for the layers after
+        it (those before it ran without): the same values and gradient as `features` followed
+        by `classify` on a leaf, from one pass instead of two.
+        """
+        captured: list[Any] = []
+
+        def hook(_m: nn.Module, _i: object, out: Any) -> torch.Tensor | None:
+            if not isinstance(out, torch.Tensor):
+                captured.append(out)
+                return None
+            leaf = out.detach().clone()  # in-place ops after the layer must not touch ours
+            captured.append(leaf)
+            if not grad:
+                return None
+            torch.set_grad_enabled(True)  # the layers after this one; restored by no_grad
+            return leaf.requires_grad_(True).clone()  # a leaf can't be written in place
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                model_output = self.model(inputs)
+        finally:
+            handle.remove()
+        if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+            raise SplitError(f"layer {self.layer} ran {len(captured)} times or returned no tensor")
+        leaf = captured[0] if grad else None
+        return LayerRun(captured[0].detach(), (inputs,), model_output, leaf)
 
     def classify(self, activations: torch.Tensor, cache: Sequence[torch.Tensor]) -> torch.Tensor:
         """Run the whole model on the cached inputs with the layer output replaced."""

@@ -17,6 +17,10 @@ resolution and resized, the maps are averaged and normalised again (as pytorch-g
 
 The layers before the target layer run once, without autograd; what the methods re-evaluate
 (gradients, ablations) runs through the network *after* the layer only (`camscope.layers.split`).
+A method that reads the gradient at the layer (``layer_gradients``) gets it from the same
+evaluation that gave the activations and the scores (`FeatureRunner.run` with ``grad``: where
+torch.fx cannot split the model, ONE whole-network pass whose hook puts a leaf in place of the
+layer's output) and one backward from the target scores to that leaf.
 Hooks never outlive a call. Everything stays a torch tensor on the input's device.
 
 Example::
@@ -45,6 +49,7 @@ from camscope.layers import (
     FeatureRunner,
     HookRunner,
     LayerError,
+    LayerRun,
     LayoutError,
     MapLayout,
     SplitError,
@@ -227,6 +232,10 @@ class CAMContext:
         runner: re-runs the network after the layer (`camscope.layers.split`).
         view: the layer's `MapLayout`.
         info: counters the method may add to (reported in `CAMResult.info`).
+        grads: the gradient at the layer as a map, once `BaseCAM.gradients` computed it.
+        graph: (model output, leaf) of the evaluation that gave ``output`` when the method
+            reads gradients: its graph runs from the leaf (the layer's output) to the model
+            output; `BaseCAM.target_score` uses it once, then drops it.
     """
 
     inputs: torch.Tensor
@@ -240,6 +249,7 @@ class CAMContext:
     view: MapLayout | None
     info: dict[str, float] = field(default_factory=dict)
     grads: torch.Tensor | None = None
+    graph: tuple[Any, torch.Tensor] | None = None
 
 
 class BaseCAM:
@@ -287,6 +297,7 @@ class BaseCAM:
     needs_layer = True
     always_eigen = False  # the map is always the first principal component (EigenCAM)
     uses_gradients = True  # pytorch-grad-cam's attribute: the method reads gradients
+    layer_gradients = False  # calls `gradients`: the forward pass keeps the graph after the layer
     compute_input_gradient = False  # pytorch-grad-cam's attribute (FullGrad: True)
 
     def __init__(
@@ -380,15 +391,27 @@ class BaseCAM:
             self._runners[index] = runner
         return runner
 
-    def _features(self, index: int, inputs: torch.Tensor):
+    def _fallback(self, index: int, call: Callable[[FeatureRunner], Any]) -> Any:
+        """``call(runner)``; where the split refuses the inputs, with a `HookRunner` (said)."""
         try:
-            return self.runner_for(index).features(inputs)
+            return call(self.runner_for(index))
         except SplitError as exc:
             runner = HookRunner(self.model, self.layers[index], self.modules[index], str(exc))
             self._runners[index] = runner
             log.warning("%s", runner.note)  # as camscope.layers.split
             self.notes.append(runner.note)
-            return runner.features(inputs)
+            return call(runner)
+
+    def _features(self, index: int, inputs: torch.Tensor):
+        return self._fallback(index, lambda runner: runner.features(inputs))
+
+    def _run(self, index: int, inputs: torch.Tensor, grad: bool) -> LayerRun:
+        return self._fallback(index, lambda runner: runner.run(inputs, grad=grad))
+
+    def _keeps_graph(self) -> bool:
+        """Whether `context` keeps the graph after the layer for `gradients` (one pass less)."""
+        own = getattr(self, "get_cam_weights", None) is not None and self.uses_gradients
+        return bool(self.layer_gradients or own)
 
     # -- public API --------------------------------------------------------------------------
     def __call__(
@@ -490,17 +513,20 @@ class BaseCAM:
                 logits = self.adapt(self.model(inputs)).float()
             target_set = resolve_targets(targets, logits)
             return CAMContext(inputs, None, None, None, (), logits, target_set, None, None)
+        grad = self._keeps_graph()
+        output, cache, model_output, leaf = self._run(index, inputs, grad)
         with torch.no_grad():
-            output, cache = self._features(index, inputs)
             view = self._view(index, output, inputs)
             activations = view.to_map(output)
-            logits = self.adapt(self.runner_for(index).classify(output, cache)).float()
+            logits = self.adapt(model_output).detach().float()
         target_set = resolve_targets(targets, logits)
         runner = self.runner_for(index)
         layer = self.layers[index]
+        graph = (model_output, leaf) if leaf is not None else None
         return CAMContext(
-            inputs, layer, output, activations, cache, logits, target_set, runner, view
-        )
+            inputs, layer, output, activations, cache, logits, target_set, runner, view,
+            graph=graph,
+        )  # fmt: skip
 
     def _view(self, index: int, output: torch.Tensor, inputs: torch.Tensor) -> MapLayout:
         """How layer ``index``'s output reads as (N, C, h, w) (`camscope.layers.spatial_view`)."""
@@ -536,11 +562,9 @@ class BaseCAM:
         Backward runs through the network after the layer only; computed once per context.
         """
         if ctx.grads is None:
-            assert ctx.output is not None and ctx.runner is not None and ctx.view is not None
-            leaf = ctx.output.detach().requires_grad_(True)
+            assert ctx.view is not None
             with torch.enable_grad():
-                out = self.adapt(ctx.runner.classify(leaf, ctx.cache))
-                score = ctx.targets.scores(out).sum()
+                score, leaf = self.target_score(ctx)
                 (grads,) = torch.autograd.grad(score, leaf, allow_unused=True)
             grads = torch.zeros_like(leaf) if grads is None else grads
             if not bool(ctx.view.to_map(grads).any()):  # the map's positions, not CLS tokens
@@ -555,6 +579,21 @@ class BaseCAM:
                 log.warning(why)
             ctx.grads = ctx.view.to_map(grads)
         return ctx.grads
+
+    def target_score(self, ctx: CAMContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the target scores, the leaf at the layer) with the graph between them.
+
+        The graph of the context's own evaluation when it kept one (used once); else the
+        network after the layer runs again on a leaf. Call with autograd enabled.
+        """
+        if ctx.graph is not None:
+            model_output, leaf = ctx.graph
+            ctx.graph = None  # a backward frees it
+        else:
+            assert ctx.output is not None and ctx.runner is not None
+            leaf = ctx.output.detach().requires_grad_(True)
+            model_output = ctx.runner.classify(leaf, ctx.cache)
+        return ctx.targets.scores(self.adapt(model_output)).sum(), leaf
 
     def classify_maps(self, ctx: CAMContext, maps: torch.Tensor, image: int) -> torch.Tensor:
         """Target scores (B,) of image ``image`` with its map replaced by each of ``maps``."""

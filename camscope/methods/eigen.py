@@ -106,6 +106,8 @@ class EigenGradCAM(BaseCAM):
 
     always_eigen = True
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return self.gradients(ctx)
 
@@ -149,6 +151,8 @@ class SegEigenCAM(BaseCAM):
         >>> SegEigenCAM(model, "layer4[-1]")(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 64, 64])
     """
+
+    layer_gradients = True
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return self.gradients(ctx).abs()

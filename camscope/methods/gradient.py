@@ -56,6 +56,8 @@ class GradCAM(BaseCAM):
         torch.Size([2, 64, 64])
     """
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return self.gradients(ctx).mean(dim=(2, 3))
 
@@ -89,6 +91,8 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     eps = 1e-6
+
+    layer_gradients = True
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         assert ctx.activations is not None
@@ -137,6 +141,8 @@ class XGradCAM(BaseCAM):
 
     eps = 1e-7
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         acts = ctx.activations
         assert acts is not None
@@ -169,6 +175,8 @@ class HiResCAM(BaseCAM):
         >>> HiResCAM(model, "layer4[-1]")(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 64, 64])
     """
+
+    layer_gradients = True
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return self.gradients(ctx)
@@ -204,6 +212,8 @@ class GradCAMElementWise(BaseCAM):
         torch.Size([1, 64, 64])
     """
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         grads = self.gradients(ctx)
         return torch.where(grads * ctx.activations > 0, grads, 0.0)  # type: ignore[operator]
@@ -234,6 +244,8 @@ class LayerCAM(BaseCAM):
         >>> LayerCAM(model, ["layer3", "layer4"])(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 64, 64])
     """
+
+    layer_gradients = True
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return torch.relu(self.gradients(ctx))
@@ -316,6 +328,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         self.num_samples, self.std, self.seed = num_samples, std, seed
+
+    layer_gradients = True
 
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         acts = ctx.activations
@@ -463,17 +477,17 @@ class ShapleyCAM(BaseCAM):
         torch.Size([1, 64, 64])
     """
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         grads, hvp = self.gradient_and_hvp(ctx)
         return (grads - 0.5 * hvp).mean(dim=(2, 3))
 
     def gradient_and_hvp(self, ctx: CAMContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(g, H A) as maps (N, C, h, w), through the network after the layer."""
-        assert ctx.output is not None and ctx.runner is not None and ctx.view is not None
-        leaf = ctx.output.detach().requires_grad_(True)
+        assert ctx.view is not None
         with torch.enable_grad():
-            out = self.adapt(ctx.runner.classify(leaf, ctx.cache))
-            score = ctx.targets.scores(out).sum()
+            score, leaf = self.target_score(ctx)
             (grads,) = torch.autograd.grad(score, leaf, create_graph=True)
             hvp = None
             if grads.requires_grad:
@@ -567,6 +581,10 @@ class FinerCAM(BaseCAM):
             return self.explain(input_tensor, targets, aug_smooth, eigen_smooth).maps
         finally:
             self.alpha, self.comparison_categories = saved
+
+    @property
+    def layer_gradients(self) -> bool:  # type: ignore[override]  # noqa: D102
+        return self.base._keeps_graph()  # the base method's maps are drawn on our contexts
 
     def close(self) -> None:  # noqa: D102
         super().close()

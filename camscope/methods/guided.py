@@ -217,6 +217,8 @@ class GuidedGradCAM(_Guided):
         torch.Size([1, 64, 64])
     """
 
+    layer_gradients = True
+
     def weights(self, ctx: CAMContext) -> torch.Tensor:  # noqa: D102
         return GradCAM.weights(self, ctx)  # type: ignore[arg-type]
 
