@@ -237,6 +237,16 @@ def detect(
     categories: Sequence[str] | None = None,
 ) -> list[Detection]:
     """The detections of one image (3, H, W) at or above ``score_threshold``, best first."""
+    return _detect(model, image, score_threshold, categories)[0]
+
+
+def _detect(
+    model: nn.Module,
+    image: torch.Tensor,
+    score_threshold: float,
+    categories: Sequence[str] | None,
+) -> tuple[list[Detection], dict[str, torch.Tensor]]:
+    """`detect` and the image's predictions it read them from (one forward pass)."""
     x = image[None] if image.dim() == 3 else image[:1]
     with torch.no_grad():
         pred = predictions(model, model(x), (int(x.shape[-2]), int(x.shape[-1])))[0]
@@ -250,7 +260,7 @@ def detect(
         name = categories[label] if categories and 0 <= label < len(categories) else str(label)
         box = tuple(float(v) for v in pred["boxes"][i])
         found.append(Detection(box, label, score, name))  # type: ignore[arg-type]
-    return found
+    return found, pred
 
 
 def detector_module(model: nn.Module) -> nn.Module:
@@ -326,9 +336,10 @@ def _references(
     labels: Sequence[int] | None,
     score_threshold: float,
     categories: Sequence[str] | None,
-) -> list[Detection]:
+) -> tuple[list[Detection], dict[str, torch.Tensor] | None]:
+    """The objects to explain, and the predictions of the detection pass that found them."""
     if boxes is None:
-        found = detect(model, x, score_threshold, categories)
+        found, pred = _detect(model, x, score_threshold, categories)
         flat = [d for d in found if not (d.box[2] > d.box[0] and d.box[3] > d.box[1])]
         if flat:
             log.warning(
@@ -336,19 +347,17 @@ def _references(
             )
             found = [d for d in found if d not in flat]
         if not found:
-            with torch.no_grad():
-                pred = predictions(model, model(x), tuple(x.shape[-2:]))[0]
             best = float(pred["scores"].max()) if len(pred["scores"]) else None
             shown = f"the best scores {best:.3f}" if best is not None else "nothing is detected"
             raise NoDetectionsError(
                 f"no detection scores >= {score_threshold:g} ({shown}); lower the score "
                 "threshold or give the boxes to explain"
             )
-        return found
+        return found, pred
     ref = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     if labels is None or len(labels) != len(ref):
         raise ValueError("give one label per box (labels=)")
-    return [
+    given = [
         Detection(
             tuple(float(v) for v in b),  # type: ignore[arg-type]
             int(lab),
@@ -357,6 +366,7 @@ def _references(
         )
         for b, lab in zip(ref, labels, strict=True)
     ]
+    return given, None
 
 
 def explain_detections(
@@ -402,9 +412,10 @@ def explain_detections(
     xf, scale = _detector_frame(model, x)
     if boxes is not None:
         boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) / scale
-    refs = _references(model, xf, boxes, labels, score_threshold, categories)[:max_objects]
+    refs, pred = _references(model, xf, boxes, labels, score_threshold, categories)
+    refs = refs[:max_objects]
     wrapped = box_scores(model, [d.box for d in refs], [d.label for d in refs], iou_threshold)
-    _check_matched(wrapped, xf, refs, iou_threshold)
+    _check_matched(wrapped, xf, refs, iou_threshold, pred)
     default = default_detection_layer(model) if layer is None else layer
     layer_name, _ = resolve_layer(wrapped, default)
     cam = build_cam(method, wrapped, [layer_name], **options)
@@ -431,10 +442,23 @@ def explain_detections(
     )
 
 
-def _check_matched(wrapped: nn.Module, x: torch.Tensor, refs: list[Detection], iou: float) -> None:
-    """Refuse an object whose box score is 0 on the input: its map would be empty noise."""
+def _check_matched(
+    wrapped: nn.Module,
+    x: torch.Tensor,
+    refs: list[Detection],
+    iou: float,
+    pred: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Refuse an object whose box score is 0 on the input: its map would be empty noise.
+
+    ``pred``: the input's predictions when the detection pass already computed them (the
+    scores are then read from them, as ``wrapped(x)`` would, without another pass).
+    """
     with torch.no_grad():
-        scores = wrapped(x)[0]
+        if pred is None:
+            scores = wrapped(x)[0]
+        else:
+            scores = [_box_score(pred, torch.tensor(d.box), d.label, iou) for d in refs]
     for k, (ref, score) in enumerate(zip(refs, scores, strict=True)):
         if not float(score) > 0:
             box = ", ".join(f"{v:.1f}" for v in ref.box)
