@@ -263,6 +263,13 @@ def sanity_rows(ctx: RunContext, stop: threading.Event | None = None) -> list[di
     return rows
 
 
+def _predictions(ctx: RunContext, run_dir: Path) -> Path:
+    """predictions.csv: per image (classification) or per object (a per-object task)."""
+    if ctx.params is None:
+        return write_predictions(run_dir, ctx.loaded.categories)
+    return write_object_predictions(run_dir)
+
+
 def _attempt(out: Finalized, name: str, path: Path, fn: Callable[[], Any]) -> None:
     start = time.perf_counter()
     try:
@@ -314,11 +321,7 @@ def finalize(
         out,
         runfolder.PREDICTIONS_CSV,
         run_dir / runfolder.PREDICTIONS_CSV,
-        lambda: (
-            write_predictions(run_dir, ctx.loaded.categories)
-            if ctx.params is None
-            else write_object_predictions(run_dir)
-        ),
+        lambda: _predictions(ctx, run_dir),
     )
     if ctx.config.metrics and state == "complete":
         _attempt(
