@@ -127,10 +127,9 @@ class RunConfig:
     inputs: tuple[str, ...] = _opt(tuple, "Image files, folders (searched recursively), globs.")
     task: str = _opt(
         "classify",
-        "classify (one map per image), detect (one map per detected object; a torchvision "
-        "detector or module:function as --model), segment (a class over its predicted region; "
-        '--target CLASS, default every predicted class), prompt (CLIP: --target "a photo of a '
-        'cat", several separated by |). camscope/tasks/registry.py.',
+        "classify (one map per image), detect (one map per detected object), segment (a class "
+        "over its predicted region; --target CLASS, default every predicted class), prompt "
+        '(CLIP: --target "a photo of a cat", repeatable).',
         "--task",
         choices=tuple(TASKS),
         show_default=True,
@@ -168,7 +167,10 @@ class RunConfig:
     model: str | None = _opt(
         None,
         "resnet50 (default when its weights can be had), efficientnet_lite0 (bundled, "
-        "offline), or any torchvision/timm classifier.",
+        "offline), or any torchvision/timm classifier. --task detect/segment: a torchvision "
+        "detection/segmentation name; prompt: a CLIP folder or hf:NAME; any task: "
+        "module:function returning the model (or a dict with model, tokenizer, categories, "
+        "mean, std, input_size).",
         "--model",
     )
     weights: str | None = _opt(
