@@ -161,6 +161,32 @@ def test_second_object_reuses_split_and_layout(tiny_inputs):
 
 
 @pytest.mark.usefixtures("fresh_cache")
+def test_a_new_transparent_wrapper_reuses_the_layout(tiny_inputs):
+    """The detection task wraps the detector anew for each image's boxes: no new probe."""
+    from camscope.logits import LogitsModel
+
+    model = _make(TinyNet, 0, torch.float64)
+    calls = [0]  # passes through the first layer (the wrapper calls model.forward: no hook)
+    model.conv1.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    with GradCAM(LogitsModel(model), "conv3") as cam:
+        first = cam.explain(tiny_inputs)
+    probes = calls[0] - 1  # the dry passes before the one evaluation
+    assert probes >= 1
+    with GradCAM(LogitsModel(model), "conv3") as cam:  # another wrapper object
+        second = cam.explain(tiny_inputs)
+    assert calls[0] == probes + 2  # one evaluation, no probe
+    assert torch.equal(first.maps, second.maps)
+    with GradCAM(model, "conv3") as cam:  # unwrapped: its own key (a wrapper could differ)
+        cam.explain(tiny_inputs)
+    assert calls[0] > probes + 3
+    model.fc2 = nn.Linear(16, 5).double()  # a changed structure probes again
+    before = calls[0]
+    with GradCAM(LogitsModel(model), "conv3") as cam:
+        cam.explain(tiny_inputs)
+    assert calls[0] > before + 1
+
+
+@pytest.mark.usefixtures("fresh_cache")
 def test_swapped_submodule_is_split_again(tiny_inputs):
     model = _make(TinyNet, 0, torch.float64)
     with GradCAM(model, "conv3") as cam:

@@ -14,6 +14,12 @@ in place (``load_state_dict``, optimiser steps, ``.data``) keep the entry, since
 graphs call the model's own modules and read its parameters live. Python attributes other
 than these that a forward reads (``self.some_flag``) are baked in by torch.fx as when the
 split was built; `clear_cache` forgets a model (or all).
+
+Layouts are kept under the model a transparent wrapper shares its submodules with (camscope's
+task wrappers: ``LogitsModel``, the detection box scores, the per-pixel segmenter, keep the
+wrapped model in ``inner`` or ``wrapped`` and share its ``_modules``), keyed by the wrappers'
+types: a new wrapper per image (the detection task builds one per image's boxes) does not probe
+the layer again. Splits stay per model object (a wrapper's forward is its own graph).
 """
 
 from __future__ import annotations
@@ -87,6 +93,20 @@ def cached_split(model: nn.Module, layer: str, module: nn.Module) -> _split.Feat
     return known
 
 
+def _owner(model: nn.Module) -> tuple[nn.Module, tuple[type, ...]]:
+    """The innermost model ``model`` transparently wraps, and the wrappers' types on the way."""
+    types: list[type] = []
+    while True:
+        inner = next(
+            (v for k in ("inner", "wrapped") if isinstance(v := model.__dict__.get(k), nn.Module)),
+            None,
+        )
+        if inner is None or inner._modules is not model._modules:
+            return model, tuple(types)
+        types.append(type(model))
+        model = inner
+
+
 def cached_layout(
     model: nn.Module,
     layer: str,
@@ -97,16 +117,18 @@ def cached_layout(
     """The layer's layout for inputs of ``size`` and ``channels``, probed once per structure.
 
     ``build`` makes it on a miss (default: `check_layer` with ``allow_point=True``, as a
-    `BaseCAM` reads layers); its errors are not kept.
+    `BaseCAM` reads layers); its errors are not kept. Kept under `_owner` (see the module
+    docstring); probed on ``model`` itself.
     """
-    key = (layer, (int(size[0]), int(size[1])), int(channels))
+    owner, wrappers = _owner(model)
+    key = (layer, (int(size[0]), int(size[1])), int(channels), wrappers)
     with _LOCK:
-        entry = _entry(model)
+        entry = _entry(owner)
         layout = entry.layouts.get(key)
     if layout is None:
         layout = build() if build is not None else _probe(model, layer, key[1], key[2])
         with _LOCK:
-            if entry is _ENTRIES.get(model):
+            if entry is _ENTRIES.get(owner):
                 entry.layouts[key] = layout
     return layout
 
@@ -130,3 +152,4 @@ def clear_cache(model: nn.Module | None = None) -> None:
             _ENTRIES.clear()
         else:
             _ENTRIES.pop(model, None)
+            _ENTRIES.pop(_owner(model)[0], None)
