@@ -385,3 +385,12 @@ def test_ranking_agreement_takes_each_pair_of_metrics_over_the_images_both_have(
     assert tau == alone[("full", "part")]
     pair = M.ranking_agreement({"full": full, "other": other}, better, resamples=1000)
     assert got[("full", "other")] == pair[("full", "other")]
+
+
+def test_wilson_interval_contains_the_proportion_exactly_at_the_edges():
+    # 0/10, 13/13, ...: centre -/+ half lands a rounding error past p (a plot's yerr < 0)
+    for n in range(1, 120):
+        for k in range(n + 1):
+            low, high = M.wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0
+        assert M.wilson_interval(0, n)[0] == 0.0 and M.wilson_interval(n, n)[1] == 1.0

@@ -194,7 +194,8 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the interval contains p; at k = 0 or n rounding must not put p a hair outside it
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def proportion_interval(
