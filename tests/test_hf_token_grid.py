@@ -22,6 +22,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from hf_models import VIT as VIT_BASE  # noqa: E402
+
 from camscope import GradCAM  # noqa: E402
 from camscope.adapters.hf import hf_default_layer, hf_token_grids  # noqa: E402
 from camscope.layers import check_layer  # noqa: E402
@@ -29,15 +31,7 @@ from camscope.layers.layout import LayoutError, detect_layout  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-VIT = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "image_size": 32,
-    "patch_size": 4,
-    "num_labels": 5,
-}
+VIT = {**VIT_BASE, "num_labels": 5}
 SWIN = {
     "embed_dim": 24,
     "depths": [1, 1],

@@ -10,22 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from task_models import char_tokenizer
 
 from camscope.tasks.prompts import default_prompt_layer, explain_prompts, prompt_classifier
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 PROMPTS = ["a photo of a cat", "a photo of a dog", "a diagram"]
-
-
-def _char_tokenizer(prompts, padding=True, return_tensors="pt"):
-    """A stand-in tokenizer (character codes) for the tiny random HF CLIP: no vocab files."""
-    width = max(len(p) for p in prompts) + 1
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = torch.tensor([ord(c) % 98 + 1 for c in p])
-        ids[i, len(p)] = 99  # eos (the highest id: pooled position)
-    return {"input_ids": ids}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +67,9 @@ def _pearson(a, b) -> float:
 
 def test_hf_clip_logits_are_clips_own(hf_clip):
     x = _image()[None]
-    ours = prompt_classifier(hf_clip, PROMPTS, _char_tokenizer)(x)
+    ours = prompt_classifier(hf_clip, PROMPTS, char_tokenizer)(x)
     with torch.no_grad():
-        theirs = hf_clip(pixel_values=x, **_char_tokenizer(PROMPTS)).logits_per_image
+        theirs = hf_clip(pixel_values=x, **char_tokenizer(PROMPTS)).logits_per_image
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
@@ -87,7 +78,7 @@ def test_hf_clip_one_map_per_prompt_and_pytorch_grad_cam(hf_clip):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     image = _image(1)
-    result = explain_prompts(hf_clip, image, PROMPTS, tokenizer=_char_tokenizer)
+    result = explain_prompts(hf_clip, image, PROMPTS, tokenizer=char_tokenizer)
     assert result.layer == "vision_model.encoder.layers.1.layer_norm1"
     assert result.layer == default_prompt_layer(hf_clip)
     assert result.maps.shape == (3, 32, 32) and not result.empty.any()
@@ -99,7 +90,7 @@ def test_hf_clip_one_map_per_prompt_and_pytorch_grad_cam(hf_clip):
             self.model = model
 
         def forward(self, x):
-            tokens = _char_tokenizer(PROMPTS)
+            tokens = char_tokenizer(PROMPTS)
             return self.model(pixel_values=x, **tokens).logits_per_image
 
     def reshape(x):  # class token dropped, 8x8 patches
