@@ -39,7 +39,7 @@ def dff(activations: np.ndarray, n_components: int = 5) -> tuple[np.ndarray, np.
         from sklearn.decomposition import NMF
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "Deep Feature Factorization needs scikit-learn: pip install \"camscope[compat]\""
+            'Deep Feature Factorization needs scikit-learn: pip install "camscope[compat]"'
         ) from exc
     n, c, h, w = activations.shape
     matrix = np.nan_to_num(activations.transpose((1, 0, 2, 3)), nan=0.0).reshape(c, -1)

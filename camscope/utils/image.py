@@ -46,7 +46,7 @@ def _cv2():
         import cv2
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "this pytorch-grad-cam overlay needs OpenCV: pip install \"camscope[compat]\""
+            'this pytorch-grad-cam overlay needs OpenCV: pip install "camscope[compat]"'
         ) from exc
     return cv2
 
