@@ -54,19 +54,22 @@ def images(tmp_path_factory):
     return folder
 
 
+def _detect_config(images, out) -> RunConfig:
+    """The detection run of these tests (Grad-CAM and EigenCAM, two objects per image)."""
+    return RunConfig(
+        inputs=(str(images),),
+        out_dir=str(out),
+        methods=("gradcam", "eigencam"),
+        max_objects=2,
+        sanity_images=0,
+        **DETECT,
+    )
+
+
 @pytest.fixture(scope="module")
 def detected(images, tmp_path_factory):
     out = tmp_path_factory.mktemp("detect") / "run"
-    result = run_local(
-        RunConfig(
-            inputs=(str(images),),
-            out_dir=str(out),
-            methods=("gradcam", "eigencam"),
-            max_objects=2,
-            sanity_images=0,
-            **DETECT,
-        )
-    )
+    result = run_local(_detect_config(images, out))
     return out, result
 
 
@@ -116,16 +119,7 @@ def test_detect_predictions_and_resume(detected, images):
     assert lines[0].startswith("name,file,object_index,object,label,label_name,score,x1")
     assert len(lines) == 1 + 3 * 2
     before = len(runfolder.read_table([out]))
-    again = run_local(
-        RunConfig(
-            inputs=(str(images),),
-            out_dir=str(out),
-            methods=("gradcam", "eigencam"),
-            max_objects=2,
-            sanity_images=0,
-            **DETECT,
-        )
-    )
+    again = run_local(_detect_config(images, out))
     assert again.n_done_before == 3 and again.n_explained == 0
     assert len(runfolder.read_table([out])) == before
 
