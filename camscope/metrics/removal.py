@@ -10,7 +10,8 @@ the values of the tensor given, as the authors' code). The removed pixels of one
 sparse linear system, symmetric and diagonally dominant (positive definite whenever at least one
 pixel is kept), solved exactly for all channels at once; the systems of a whole batch of
 (image, fraction) pairs are assembled without Python loops into one block-diagonal matrix whose
-blocks are factorised one by one (sparse LU, scipy.sparse) in a nested-dissection order.
+blocks are factorised (sparse LU, scipy.sparse) in a nested-dissection order, on as many
+threads as torch uses.
 
 Conventions as `camscope.metrics.faithfulness` (``model`` returns logits and may be an
 `camscope.engine.InferenceEngine`; ``inputs`` normalised (N, 3, H, W); ``maps`` (N, H, W);
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,24 +189,38 @@ def _solve_blocks(a: Any, rhs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     A block's columns hold rows of that block only, so it is cut from ``a``'s arrays without
     a copy of the rest; the unknowns are already in a fill-reducing order (`_system`), so the
     factorisation keeps it (``NATURAL``) and, the matrix being symmetric positive definite,
-    needs no pivoting.
+    needs no pivoting. SuperLU releases the GIL, so the blocks are factorised on
+    ``torch.get_num_threads()`` threads at once (the thread budget the forward passes use);
+    each block writes its own rows of the result, so the order of completion does not matter.
     """
-    from scipy import sparse
-    from scipy.sparse.linalg import splu
-
     a.sort_indices()
     out = np.empty_like(rhs)
     ends = np.cumsum(counts)
-    for start, end in zip(ends - counts, ends, strict=True):  # one LU per image (not per pixel)
-        if end > start:
-            lo, hi = a.indptr[start], a.indptr[end]
-            block = sparse.csc_matrix(
-                (a.data[lo:hi], a.indices[lo:hi] - start, a.indptr[start : end + 1] - lo),
-                shape=(end - start, end - start),
-            )
-            lu = splu(block, permc_spec="NATURAL", options={"SymmetricMode": True})
-            out[start:end] = lu.solve(rhs[start:end])
+    spans = [(s, e) for s, e in zip(ends - counts, ends, strict=True) if e > s]
+    workers = min(torch.get_num_threads(), len(spans))
+    if workers <= 1:
+        for span in spans:
+            _solve_block(a, rhs, out, span)
+        return out
+    with ThreadPoolExecutor(workers, thread_name_prefix="camscope-road") as pool:
+        for _ in pool.map(functools.partial(_solve_block, a, rhs, out), spans):
+            pass  # re-raises a block's error here
     return out
+
+
+def _solve_block(a: Any, rhs: np.ndarray, out: np.ndarray, span: tuple[int, int]) -> None:
+    """Factorise and solve the diagonal block ``span`` of ``a``, into ``out[span]``."""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    start, end = span
+    lo, hi = a.indptr[start], a.indptr[end]
+    block = sparse.csc_matrix(
+        (a.data[lo:hi], a.indices[lo:hi] - start, a.indptr[start : end + 1] - lo),
+        shape=(end - start, end - start),
+    )
+    lu = splu(block, permc_spec="NATURAL", options={"SymmetricMode": True})
+    out[start:end] = lu.solve(rhs[start:end])
 
 
 def noisy_linear_impute(
