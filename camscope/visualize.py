@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -153,10 +154,9 @@ def _plain(text: str) -> str:
 def _draw_page(rows: Sequence[GridRow], methods: Sequence[str]) -> Figure:
     columns = ["input", *methods]
     ncols = len(columns)
-    nrows = len(rows)
     row_h = _TITLE_INCHES + _CELL_INCHES + _NOTE_INCHES
     width = ncols * _CELL_INCHES + (ncols + 1) * _GAP_INCHES
-    height = _HEADER_INCHES + nrows * row_h
+    height = _HEADER_INCHES + len(rows) * row_h
     fig = Figure(figsize=(width, height), dpi=_DPI, facecolor="white")
 
     for c, column in enumerate(columns):
@@ -189,35 +189,38 @@ def _draw_page(rows: Sequence[GridRow], methods: Sequence[str]) -> Figure:
             ax = fig.add_axes(
                 (left / width, cell_bottom / height, _CELL_INCHES / width, _CELL_INCHES / height)
             )
-            ax.set_axis_off()
-            if column == "input":
-                picture: np.ndarray | None = row.image
-                missing = "no image"
-            else:
-                picture = row.overlays.get(column)
-                missing = "failed" if column in row.overlays else "n/a"
-            if picture is not None:
-                ax.imshow(np.asarray(picture), interpolation="antialiased")
-            else:
-                ax.set_xlim(0, 1)
-                ax.set_ylim(0, 1)
-                ax.add_patch(
-                    Rectangle((0, 0), 1, 1, facecolor="0.9", edgecolor="0.7", clip_on=False)
-                )
-                ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=11, color="0.3")
-            note = row.notes.get(column)
-            if note:
-                ax.text(
-                    0.5,
-                    -0.03,
-                    _plain(textwrap.shorten(" ".join(note.split()), 40, placeholder="...")),
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="top",
-                    fontsize=8,
-                    color="0.25",
-                )
+            _draw_cell(ax, row, column)
     return fig
+
+
+def _draw_cell(ax: Any, row: GridRow, column: str) -> None:
+    """One cell of the grid: the input or a method's overlay (or why none), and its note."""
+    ax.set_axis_off()
+    if column == "input":
+        picture: np.ndarray | None = row.image
+        missing = "no image"
+    else:
+        picture = row.overlays.get(column)
+        missing = "failed" if column in row.overlays else "n/a"
+    if picture is not None:
+        ax.imshow(np.asarray(picture), interpolation="antialiased")
+    else:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.add_patch(Rectangle((0, 0), 1, 1, facecolor="0.9", edgecolor="0.7", clip_on=False))
+        ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=11, color="0.3")
+    note = row.notes.get(column)
+    if note:
+        ax.text(
+            0.5,
+            -0.03,
+            _plain(textwrap.shorten(" ".join(note.split()), 40, placeholder="...")),
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="0.25",
+        )
 
 
 def save_grid(
