@@ -328,10 +328,16 @@ def demo(out: str, model: str | None, device: str, metrics: bool, quiet: bool) -
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@_config_flags("labels", "steps", "sanity_images", "device")
+@_config_flags("labels", "steps", "blur_deletion", "sanity_images", "device")
 @click.option("--quiet", "-q", is_flag=True)
 def evaluate(
-    run_dir: str, labels: str | None, steps: int, sanity_images: int, device: str, quiet: bool
+    run_dir: str,
+    labels: str | None,
+    steps: int,
+    blur_deletion: bool,
+    sanity_images: int,
+    device: str,
+    quiet: bool,
 ) -> None:
     """Measure faithfulness of a finished run (made without --metrics) and write its report.
 
@@ -348,6 +354,7 @@ def evaluate(
             result = evaluate_folder(
                 run_dir,
                 steps=steps,
+                blur_deletion=blur_deletion,
                 labels=labels,
                 device=device,
                 sanity_images=sanity_images,

@@ -226,6 +226,8 @@ def table_schema(methods: Sequence[str]) -> Any:
         ("increase", pa.bool_()),
         ("deletion_curve", pa.list_(f32)),
         ("insertion_curve", pa.list_(f32)),
+        ("deletion_blur_auc", f32),  # --blur-deletion; null otherwise and absent in older parts
+        ("deletion_blur_curve", pa.list_(f32)),
         ("road_morf", f32),
         ("road_lerf", f32),
         ("road_combined", f32),

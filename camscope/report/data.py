@@ -167,6 +167,12 @@ _AUC = (
     "dataset mean / restored into a blurred copy, {steps} steps, trapezoid area on [0, 1] "
     "(Petsiuk et al., BMVC 2018, arXiv:1806.07421)."
 )
+_BLUR = (
+    "Deletion AUC (blurred baseline), with --blur-deletion: the same deletion, {steps} steps, "
+    "but the removed pixels are taken from the image blurred (11×11 Gaussian, σ 5, the "
+    "insertion's start image) instead of the dataset mean: another setting of the same metric, "
+    "so the ranking robustness compares the two baselines."
+)
 _ROAD = (
     "ROAD MoRF / LeRF: mean probability after the 10 %, 20 %, ..., 90 % most / least relevant "
     "pixels are removed and filled by noisy linear imputation (each the mean of its neighbours "
@@ -200,7 +206,10 @@ _CPX = {"kind": "complexity", "ranked": False}
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("average_drop", "Average Drop", "%", 100.0, False, 1, definition=_DROP),
     MetricSpec("increase", "Increase in Confidence", "%", 100.0, True, 1, interval="wilson"),
-    MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3, definition=_AUC),
+    MetricSpec("deletion_auc", "Deletion AUC", "", 1.0, False, 3, definition=_AUC,
+               family="deletion"),
+    MetricSpec("deletion_blur_auc", "Deletion AUC (blurred baseline)", "", 1.0, False, 3,
+               definition=_BLUR, family="deletion"),
     MetricSpec("insertion_auc", "Insertion AUC", "", 1.0, True, 3),
     MetricSpec("road_morf", "ROAD MoRF", "", 1.0, False, 3, definition=_ROAD, family="road"),
     MetricSpec("road_lerf", "ROAD LeRF", "", 1.0, True, 3, family="road"),

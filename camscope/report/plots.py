@@ -51,10 +51,12 @@ def _rows(column: pa.ChunkedArray) -> dict[int, np.ndarray]:
 
 
 #: The curves of the results table (``<kind>_curve``) the report plots, with their panels:
-#: (kind, title, x label, statistic of the mean curve in the legend).
+#: (kind, title, x label, statistic of the mean curve in the legend); a panel other than
+#: deletion's and insertion's only when measured.
 CURVES = (
     ("deletion", "Deletion (lower AUC is better)", "share of pixels deleted", "AUC"),
     ("insertion", "Insertion (higher AUC is better)", "share of pixels inserted", "AUC"),
+    ("deletion_blur", "Deletion, blurred (lower AUC is better)", "share of pixels deleted", "AUC"),
     ("road_morf", "ROAD MoRF (lower is better)", "share removed, most relevant first", "mean"),
     ("road_lerf", "ROAD LeRF (higher is better)", "share removed, least relevant first", "mean"),
 )

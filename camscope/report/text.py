@@ -251,14 +251,23 @@ def _ahead(x: str, y: str, orders: list[tuple[str, Ranking]], higher: dict[str, 
 
 
 def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
+    """A sentence for every two methods that two metrics order significantly oppositely.
+
+    When every metric involved is of one family (settings of one metric, e.g. deletion with the
+    mean-colour and with the blurred baseline), the sentence says the setting decides.
+    """
     out = []
     orders = [(spec.label, summary.rankings[spec.key]) for spec in ranked]
     higher = {spec.label: spec.higher_is_better for spec in ranked}
+    group = {spec.label: spec.group for spec in ranked}
     for x, y in itertools.combinations(s.methods, 2):
         ahead = _ahead(x, y, orders, higher)
         if ahead[x] and ahead[y]:
-            out.append(Finding("depends", f"On these images the ranking of {label(x)} and "
-                               f"{label(y)} depends on the metric: {label(x)} is ahead on "
+            one = len({group[name] for name in ahead[x] + ahead[y]}) == 1
+            kind, what = ("depends_setting", "the setting of one metric") if one else (
+                "depends", "the metric")  # fmt: skip
+            out.append(Finding(kind, f"On these images the ranking of {label(x)} and "
+                               f"{label(y)} depends on {what}: {label(x)} is ahead on "
                                f"{join(ahead[x])}, {label(y)} on {join(ahead[y])}."))  # fmt: skip
     return out
 

@@ -36,7 +36,13 @@ from camscope.errors import one_line
 from camscope.io import DEFAULT_MAX_PIXELS
 from camscope.layers import check_layer, resolve_layer
 from camscope.methods.targets import NamedTarget, import_target, is_target_spec
-from camscope.metrics import DEFAULT_STEPS, ROAD_FRACTIONS, ROAD_NOISE
+from camscope.metrics import (
+    BLUR_KERNEL_SIZE,
+    BLUR_SIGMA,
+    DEFAULT_STEPS,
+    ROAD_FRACTIONS,
+    ROAD_NOISE,
+)
 from camscope.models import LoadedModel, ModelError
 from camscope.run import _methods
 from camscope.tasks.registry import TASK_OPTIONS, TASKS, TaskParams, get_task
@@ -241,6 +247,15 @@ class RunConfig:
         kind="flag",
         show_default=True,
     )
+    blur_deletion: bool = _opt(
+        False,
+        "With --metrics, also measure deletion with a blurred baseline (the removed pixels "
+        "taken from the image blurred, 11x11 Gaussian, sigma 5) besides the mean colour: "
+        "deletion_blur_auc, and the report's ranking robustness across the two baselines. "
+        "It costs --steps more forward passes per image and method.",
+        "--blur-deletion",
+        kind="flag",
+    )
     labels: str | None = _opt(
         None,
         "CSV with file and class columns (true labels for accuracy).",
@@ -315,6 +330,8 @@ class RunConfig:
                 raise UsageError(f"--shard {i}/{n}: need 0 <= I < N (e.g. 0/4 .. 3/4)")
         if self.boxes is not None:
             check_boxes(self.boxes)
+        if self.blur_deletion and not self.metrics:
+            raise UsageError("--blur-deletion needs --metrics (it is a setting of deletion)")
         if self.weights is not None and self.random_weights:
             raise UsageError("--weights and --random-weights exclude each other")
         if not 0.0 <= float(self.score_threshold) <= 1.0:
@@ -332,8 +349,8 @@ class RunConfig:
             if name not in task.options and getattr(self, name) != _default(name):
                 raise UsageError(f"{declared[name].flag} is not used by --task {task.name}")
         if task.per_object:
-            for name in ("boxes", "labels"):
-                if getattr(self, name) is not None:
+            for name in ("boxes", "labels", "blur_deletion"):
+                if getattr(self, name) not in (None, False):
                     flag = declared[name].flag
                     raise UsageError(f"{flag} is for classification runs, not --task {task.name}")
 
@@ -617,6 +634,8 @@ def _settings(ctx: RunContext) -> dict[str, Any]:
     }
     if c.metrics and c.road:  # ROAD's fractions and noise change the per-image numbers
         out["road"] = {"fractions": list(ROAD_FRACTIONS), "noise": ROAD_NOISE}
+    if c.metrics and c.blur_deletion:  # only when on: the hashes of other runs stay as they were
+        out["blur_deletion"] = {"kernel_size": BLUR_KERNEL_SIZE, "sigma": BLUR_SIGMA}
     if c.boxes:
         out["boxes"] = _boxes_identity(c.boxes)
     if ctx.params is not None:  # classification settings (and hashes) stay as they were
@@ -697,6 +716,7 @@ def config_from_record(run: dict[str, Any], **given: Any) -> RunConfig:
         "target": s.get("target"),
         "save_maps": s.get("save_maps", "both"),
         "metrics": bool(s.get("metrics", False)),
+        "blur_deletion": bool(s.get("blur_deletion")),
     }
     if s.get("steps") is not None:
         recorded["steps"] = s["steps"]

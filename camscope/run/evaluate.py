@@ -31,7 +31,7 @@ from camscope.run.writer import session_prefix
 __all__ = ["Evaluated", "evaluate_folder"]
 
 log = logging.getLogger("camscope")
-_FREE = ("metrics", "steps", "road")
+_FREE = ("metrics", "steps", "road", "blur_deletion")
 
 
 @dataclass
@@ -130,6 +130,7 @@ def evaluate_folder(
     run_dir: str | Path,
     *,
     steps: int,
+    blur_deletion: bool = False,
     labels: str | None = None,
     device: str = "auto",
     sanity_images: int = 8,
@@ -137,6 +138,8 @@ def evaluate_folder(
     stop: threading.Event | None = None,
 ) -> Evaluated:
     """Check ``run_dir``, measure every intact map not yet measured, write the report.
+
+    ``blur_deletion``: also measure deletion with the blurred baseline (``--blur-deletion``).
 
     Raises:
         UsageError: bad options (steps, device, labels file) or a model that cannot be had.
@@ -158,6 +161,7 @@ def evaluate_folder(
             out_dir=str(run_dir),
             metrics=True,
             steps=steps,
+            blur_deletion=blur_deletion,
             labels=labels,
             device=device,
             sanity_images=sanity_images,

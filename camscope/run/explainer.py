@@ -33,6 +33,8 @@ from camscope.io import LoadedImage
 from camscope.io.boxes import box_masks, find_boxes, load_boxes
 from camscope.metrics import (
     ROAD_FRACTIONS,
+    auc,
+    deletion_curve,
     energy_pointing_game,
     entropy,
     faithfulness,
@@ -213,9 +215,11 @@ class BatchExplainer:
         start = time.perf_counter()
         cfg, loaded = self.ctx.config, self.ctx.loaded
         road_passes = 2 * len(ROAD_FRACTIONS) if cfg.road else 0
-        passes = len(x) * (2 * cfg.steps + 2 + road_passes) * len(maps)
+        blur_passes = cfg.steps if cfg.blur_deletion else 0  # its point 0 is the image's
+        passes = len(x) * (2 * cfg.steps + 2 + road_passes + blur_passes) * len(maps)
         self.engine.prepare(x, expected_passes=passes)
         seeds = [int(k[:15], 16) for k in keys] if keys else list(range(len(x)))
+        blur = cfg.blur_deletion
         base = target_probabilities(self.engine, x, targets, batch_size=METRICS_BATCH)
         out = {}
         for method, m in maps.items():
@@ -240,6 +244,7 @@ class BatchExplainer:
                 "deletion_curve": f.deletion_curve,
                 "insertion_curve": f.insertion_curve,
                 **(_road_columns(self.engine, x, m, targets, seeds) if cfg.road else {}),
+                **(_blur_columns(self.engine, x, m, targets, cfg.steps, base) if blur else {}),
             }
         self.seconds["metrics"] += time.perf_counter() - start
         return out
@@ -426,6 +431,22 @@ def _road_columns(
         "road_morf_curve": r.morf,
         "road_lerf_curve": r.lerf,
     }
+
+
+def _blur_columns(
+    engine: InferenceEngine,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    base: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Deletion with the blurred baseline (--blur-deletion): ``steps`` passes per image."""
+    curve = deletion_curve(
+        engine, x, maps, targets, steps=steps, batch_size=METRICS_BATCH, base_prob=base,
+        baseline="blur",
+    )  # fmt: skip
+    return {"deletion_blur_auc": auc(curve), "deletion_blur_curve": curve}
 
 
 def _image_size(path: Any) -> tuple[int, int]:

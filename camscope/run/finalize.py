@@ -140,6 +140,9 @@ METRIC_CSV = (
     "relevance_mass",
     "relevance_rank",
 )
+#: metrics.csv columns written only when some row has a value (a run with --blur-deletion), so
+#: the file of every other run keeps its columns.
+MEASURED_CSV = ("deletion_blur_auc",)
 
 
 def _cell(value: Any) -> Any:
@@ -165,9 +168,10 @@ def write_metrics_csv(run_dir: Path, methods: list[str], objects: bool = False) 
         *METRIC_CSV,
     ]
     pairs = [f"{p}{m}" for p in runfolder.PAIR_PREFIXES for m in methods]
-    table = runfolder.read_table([run_dir], columns=[*base, *pairs])
+    table = runfolder.read_table([run_dir], columns=[*base, *MEASURED_CSV, *pairs])
     cols = _columns(table, table.column_names)
-    header = ["name", *base, *[c for c in pairs if c in cols]]
+    measured = [c for c in MEASURED_CSV if any(v is not None for v in cols.get(c, ()))]
+    header = ["name", *base, *measured, *[c for c in pairs if c in cols]]
     ok = (cols["name"], cols["method"], cols["status"])
     index = cols.get("object_index") or [None] * len(cols["name"])
     order = sorted(
