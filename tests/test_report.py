@@ -76,7 +76,7 @@ def test_summary_matches_the_table(small):
             k = f"{spec.key}{'_pct' if spec.unit == '%' else ''}"
             values = sub[spec.key].astype(np.float64).to_numpy()
             values = values[np.isfinite(values)]
-            if spec.kind == "localisation":  # a run without --boxes
+            if spec.kind == "localisation" or spec.key == "deletion_blur_auc":  # not measured
                 assert values.size == 0 and rows[m][f"{k}_mean"] == ""
                 continue
             mean, lo, hi = (float(rows[m][f"{k}_{x}"]) for x in ("mean", "low", "high"))
@@ -330,7 +330,8 @@ def test_comparisons_csv_lists_every_pair_corrected(small):
     table = pq.read_table(run / "results").to_pandas()
     with out["comparisons.csv"].open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    measured = [s for s in METRICS if s.kind != "localisation"]  # no --boxes here
+    measured = [s for s in METRICS if s.kind != "localisation"  # no --boxes here
+                and s.key != "deletion_blur_auc"]  # nor --blur-deletion  # fmt: skip
     assert len(rows) == len(measured) * 3  # k(k-1)/2 = 3 pairs per metric
     for row in rows:
         spec = next(s for s in METRICS if s.key == row["metric"])

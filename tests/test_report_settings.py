@@ -237,3 +237,48 @@ def test_a_curve_of_another_length_gets_no_value(tmp_path):
         values = s.values[m]["deletion_auc@1/2_steps"]
         assert np.isnan(values[first]) and np.isfinite(np.delete(values, first)).all()
         assert np.isfinite(s.values[m]["insertion_auc@1/2_steps"]).all()
+
+
+def _blur_reverses(i: int, k: int, steps: int) -> dict:
+    """Method 0 is ahead on deletion with the mean colour, method 1 with the blurred baseline."""
+    rng = np.random.default_rng([i, k, 9])
+    dele, blur = (0.2, 0.4) if k == 0 else (0.3, 0.25)
+    x = np.linspace(0, 1, steps + 1)
+    y = np.clip(1 - x / (2 * blur) + rng.normal(0, 0.01, steps + 1), 0, 1)
+    return {"deletion_auc": float(np.clip(dele + rng.normal(0, 0.02), 0, 1)),
+            "deletion_blur_curve": y.tolist(),
+            "deletion_blur_auc": float(M.auc(torch.tensor(y[None])).item())}  # fmt: skip
+
+
+def test_the_blurred_baseline_is_a_setting_of_deletion(tmp_path):
+    """A run with --blur-deletion: agreement between the two baselines and their reversal said."""
+    methods = ("gradcam", "ablationcam")
+    run = make_run(tmp_path / "run", 40, methods, steps=8, curves=_blur_reverses)
+    out = build_report([run], tmp_path / "out", resamples=1000)
+    summary = summarise(_scalars(run, methods), resamples=1000)
+    tau = summary.metric_agreement[("deletion_auc", "deletion_blur_auc")]
+    assert tau.mean == pytest.approx(-1.0) and tau.high < 0
+    assert summary.rankings["deletion_blur_auc"].order[0] == "ablationcam"
+    sentence = ("On these images the ranking of Grad-CAM and AblationCAM depends on the setting "
+                "of one metric: Grad-CAM is ahead on Deletion AUC, AblationCAM on Deletion AUC "
+                "(blurred baseline).")  # fmt: skip
+    for name in ("report.md", "report.html"):
+        robustness = _text(out[name]).split("Ranking robustness")[-1]
+        assert sentence in robustness
+        assert "by two settings of one metric" in robustness
+    assert "deletion_blur_auc_mean" in out["summary.csv"].read_text()
+
+
+def test_a_folder_without_the_blur_columns_reports_as_before(tmp_path):
+    """Parts written before the column existed: read, reported, nothing said about blur."""
+    run = make_run(tmp_path / "run", 12)
+    for part in (run / "results").glob("*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["deletion_blur_auc", "deletion_blur_curve"]), part)
+    s = _scalars(run)
+    assert all(np.isnan(s.values[m]["deletion_blur_auc"]).all() for m in METHODS)
+    summary = summarise(s, resamples=200)
+    assert "deletion_blur_auc" not in {spec.key for spec in summary.measured}
+    out = build_report([run], run, resamples=200)
+    assert "blurred baseline" not in _text(out["report.md"]) + _text(out["report.html"])
+    assert "deletion_blur_auc" not in out["comparisons.csv"].read_text()

@@ -253,8 +253,9 @@ def _ahead(x: str, y: str, orders: list[tuple[str, Ranking]], higher: dict[str, 
 def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
     """A sentence for every two methods that two metrics order significantly oppositely.
 
-    When every metric involved is of one family (settings of one metric, e.g. deletion with the
-    mean-colour and with the blurred baseline), the sentence says the setting decides.
+    Two metrics of one family (settings of one metric, e.g. deletion with the mean-colour and
+    with the blurred baseline) that do so get a sentence of their own, saying the setting
+    decides; the sentence across metrics is said when metrics of two families do.
     """
     out = []
     orders = [(spec.label, summary.rankings[spec.key]) for spec in ranked]
@@ -262,12 +263,17 @@ def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Fin
     group = {spec.label: spec.group for spec in ranked}
     for x, y in itertools.combinations(s.methods, 2):
         ahead = _ahead(x, y, orders, higher)
-        if ahead[x] and ahead[y]:
-            one = len({group[name] for name in ahead[x] + ahead[y]}) == 1
-            kind, what = ("depends_setting", "the setting of one metric") if one else (
-                "depends", "the metric")  # fmt: skip
-            out.append(Finding(kind, f"On these images the ranking of {label(x)} and "
-                               f"{label(y)} depends on {what}: {label(x)} is ahead on "
+        for family in dict.fromkeys(group[name] for name in ahead[x]):
+            on_x = [n for n in ahead[x] if group[n] == family]
+            on_y = [n for n in ahead[y] if group[n] == family]
+            if on_y:
+                out.append(Finding("depends_setting", f"On these images the ranking of "
+                                   f"{label(x)} and {label(y)} depends on the setting of one "
+                                   f"metric: {label(x)} is ahead on {join(on_x)}, {label(y)} on "
+                                   f"{join(on_y)}."))  # fmt: skip
+        if ahead[x] and ahead[y] and len({group[n] for n in ahead[x] + ahead[y]}) > 1:
+            out.append(Finding("depends", f"On these images the ranking of {label(x)} and "
+                               f"{label(y)} depends on the metric: {label(x)} is ahead on "
                                f"{join(ahead[x])}, {label(y)} on {join(ahead[y])}."))  # fmt: skip
     return out
 
