@@ -214,3 +214,21 @@ def test_bad_box_files_are_one_line(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(BoxError, match=match):
         load_boxes(tmp_path / name)
+
+
+@pytest.mark.parametrize("radius", [1, 2.5, 7, 15])
+def test_disk_dilation_matches_brute_force(radius):
+    """The row-decomposed dilation equals a loop over every pixel pair (Euclidean disk)."""
+    from camscope.metrics.localisation import _dilate
+
+    rng = np.random.default_rng(int(radius * 10))
+    regions = rng.random((3, 23, 19)) > 0.97
+    regions[2] = False
+    regions[2, 0, 18] = True  # a corner pixel: the disk is clipped by the border
+    got = _dilate(torch.from_numpy(regions), radius).numpy()
+    ys, xs = np.mgrid[:23, :19]
+    for i in range(3):
+        want = np.zeros((23, 19), dtype=bool)
+        for y, x in np.argwhere(regions[i]):
+            want |= (ys - y) ** 2 + (xs - x) ** 2 <= radius**2
+        np.testing.assert_array_equal(got[i], want)
