@@ -48,6 +48,7 @@ from camscope.metrics.synthetic import MEAN, STD, cached_shapes_net, make_shapes
 DIRECTION = {
     "average_drop": -1,
     "deletion_auc": -1,
+    "deletion_blur_auc": -1,
     "insertion_auc": 1,
     "road_morf": -1,
     "road_lerf": 1,
@@ -100,6 +101,9 @@ def score(model, x, labels, maps, masks, *, steps=16, fractions=(0.1, 0.3, 0.5, 
     out = {
         "average_drop": di.average_drop,
         "deletion_auc": auc(deletion_curve(model, x, maps, labels, steps=steps)),
+        "deletion_blur_auc": auc(
+            deletion_curve(model, x, maps, labels, steps=steps, baseline="blur")
+        ),
         "insertion_auc": auc(insertion_curve(model, x, maps, labels, steps=steps)),
         "road_morf": r.morf_mean,
         "road_lerf": r.lerf_mean,
