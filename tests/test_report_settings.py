@@ -78,7 +78,9 @@ def _reference(run: Path) -> dict[str, dict[str, dict[str, float]]]:
     fractions = _settings(run)["road"]["fractions"]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in rows:
-        for kind in ("deletion", "insertion"):
+        for kind in ("deletion", "deletion_blur", "insertion"):
+            if r.get(f"{kind}_curve") is None:
+                continue  # not measured (deletion_blur without --blur-deletion)
             y = np.asarray(r[f"{kind}_curve"], dtype=np.float64)
             x = np.linspace(0.0, 1.0, len(y))
             for stride in (2, 4):
@@ -103,10 +105,13 @@ def _reference(run: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+_BLUR_VARIANTS = {"deletion_blur_auc@1/2_steps", "deletion_blur_auc@1/4_steps"}
+
+
 def test_derived_values_match_a_float64_reference(synthetic):
     s = _scalars(synthetic)
     ref = _reference(synthetic)
-    assert set(s.settings) == {v.key for v in VARIANTS} == set(ref)
+    assert set(s.settings) == set(ref) == {v.key for v in VARIANTS} - _BLUR_VARIANTS
     names = s.images.column("name").to_pylist()
     for key, setting in s.settings.items():
         assert setting.spec.derive is not None and setting.spec.key == key
@@ -150,7 +155,7 @@ def test_every_other_point_is_the_curve_measured_at_the_coarser_step_count():
 def test_tau_and_the_ranking_under_each_setting(synthetic):
     s = _scalars(synthetic)
     summary = summarise(s, resamples=500)
-    assert len(summary.settings) == len(VARIANTS)
+    assert len(summary.settings) == len(VARIANTS) - len(_BLUR_VARIANTS)  # no --blur-deletion here
     for check in summary.settings:
         base, variant = check.base, check.setting.spec
         run_means = [np.mean(s.values[m][base.key]) for m in METHODS]
@@ -259,6 +264,13 @@ def test_the_blurred_baseline_is_a_setting_of_deletion(tmp_path):
     tau = summary.metric_agreement[("deletion_auc", "deletion_blur_auc")]
     assert tau.mean == pytest.approx(-1.0) and tau.high < 0
     assert summary.rankings["deletion_blur_auc"].order[0] == "ablationcam"
+    s, ref = _scalars(run, methods), _reference(run)
+    assert set(s.settings) >= _BLUR_VARIANTS  # its coarser step counts, from its stored curve
+    names = s.images.column("name").to_pylist()
+    for key in _BLUR_VARIANTS:
+        for m in methods:
+            expected = np.array([ref[key][m][n] for n in names])
+            assert np.allclose(s.values[m][key], expected, rtol=0, atol=1e-12), key
     sentence = ("On these images the ranking of Grad-CAM and AblationCAM depends on the setting "
                 "of one metric: Grad-CAM is ahead on Deletion AUC, AblationCAM on Deletion AUC "
                 "(blurred baseline).")  # fmt: skip

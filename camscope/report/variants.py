@@ -3,11 +3,11 @@
 A run with --metrics keeps every image's full deletion / insertion curve (steps + 1 points) and,
 with ROAD, its per-fraction MoRF / LeRF curves. From these the report derives, per image:
 
-- deletion / insertion AUC at half and a quarter of the run's step count: every 2nd / 4th point
-  of the stored curve. That is exactly the curve the coarser step count measures only when its
-  pixel counts per step are every 2nd / 4th of the run's (`camscope.metrics.faithfulness`'s
-  ``_pixel_counts``: true when H×W is a multiple of the step count, as 224×224 is for 32 steps);
-  otherwise the variant is not derived.
+- deletion (either baseline) / insertion AUC at half and a quarter of the run's step count:
+  every 2nd / 4th point of the stored curve. That is exactly the curve the coarser step count
+  measures only when its pixel counts per step are every 2nd / 4th of the run's
+  (`camscope.metrics.faithfulness`'s ``_pixel_counts``: true when H×W is a multiple of the step
+  count, as 224×224 is for 32 steps); otherwise the variant is not derived.
 - ROAD MoRF / LeRF / combined over the first and the last half of the removed fractions (10–50 %
   and 50–90 % of the nine 10 %, ..., 90 %), besides all of them.
 
@@ -126,8 +126,8 @@ def _variant(suffix: str, derive: Derivation) -> MetricSpec:
 
 #: Every setting variant the report derives (one declaration each; see the module docstring).
 VARIANTS: tuple[MetricSpec, ...] = (
-    *(_variant(f"1/{k}_steps", _coarser(key, f"{key.split('_')[0]}_curve", k))
-      for key in ("deletion_auc", "insertion_auc") for k in (2, 4)),
+    *(_variant(f"1/{k}_steps", _coarser(key, key.removesuffix("_auc") + "_curve", k))
+      for key in ("deletion_auc", "deletion_blur_auc", "insertion_auc") for k in (2, 4)),
     *(_variant(f"{which}_fractions", _fractions(key, which))
       for key in ("road_morf", "road_lerf", "road_combined") for which in ("first", "last")),
 )  # fmt: skip
