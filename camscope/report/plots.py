@@ -30,6 +30,12 @@ POINTS_UP_TO = 200
 #: Panels of the distribution plot per row (more metrics wrap onto further rows).
 PANELS_PER_ROW = 5
 
+#: Up to this many methods each curve panel has its own legend (with the curve's AUC or mean);
+#: more methods share one legend of names under the panels (the values are in the summary).
+LEGEND_IN_PANEL_UP_TO = 8
+
+_LINESTYLES = ("-", "--", ":", "-.")
+
 #: method -> kind ("deletion" | "insertion") -> (sum over images (S+1,), number of images)
 CurveSums = dict[str, dict[str, tuple[np.ndarray, int]]]
 
@@ -103,19 +109,29 @@ def _x(kind: str, points: int) -> np.ndarray:
     return np.arange(1, points + 1) / (points + 1)
 
 
+def _style(k: int) -> dict[str, object]:
+    """Colour and line style of the k-th method: 10 colours x 4 styles stay distinguishable."""
+    return {"color": f"C{k % 10}", "linestyle": _LINESTYLES[(k // 10) % len(_LINESTYLES)]}
+
+
 def plot_curves(sums: CurveSums) -> Figure:
     """Mean curves per method: deletion, insertion, and ROAD MoRF / LeRF when measured.
 
-    Legend: the AUC (deletion, insertion) or the mean (ROAD) of the mean curve, and n. The
-    trapezoid AUC of the mean curve equals the mean of the per-image AUCs; the mean of the mean
-    ROAD curve equals the mean of the per-image ROAD values.
+    Legend: the AUC (deletion, insertion) or the mean (ROAD) of the mean curve, and n, in each
+    panel for up to `LEGEND_IN_PANEL_UP_TO` methods; more methods share one legend of names
+    under the panels (a method keeps its colour and line style in every panel). The trapezoid
+    AUC of the mean curve equals the mean of the per-image AUCs; the mean of the mean ROAD
+    curve equals the mean of the per-image ROAD values.
     """
     shown = [c for c in CURVES if c[0] in ("deletion", "insertion")
              or any(c[0] in kinds for kinds in sums.values())]  # fmt: skip
-    fig = Figure(figsize=(5 * len(shown), 4), dpi=100, layout="constrained")
+    in_panel = len(sums) <= LEGEND_IN_PANEL_UP_TO
+    legend_rows = 0 if in_panel else -(-len(sums) // 4)
+    fig = Figure(figsize=(5 * len(shown), 4 + 0.22 * legend_rows), dpi=100, layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(shown), sharey=True))
+    handles: dict[str, object] = {}
     for ax, (kind, title, xlabel, stat) in zip(axes, shown, strict=True):
-        for m, kinds in sums.items():
+        for k, (m, kinds) in enumerate(sums.items()):
             if kind not in kinds or kinds[kind][1] == 0:
                 continue
             total, count = kinds[kind]
@@ -124,14 +140,19 @@ def plot_curves(sums: CurveSums) -> Figure:
                 value = float(((mean[:-1] + mean[1:]) / 2).sum() / (len(mean) - 1))
             else:
                 value = float(mean.mean())
-            ax.plot(_x(kind, len(mean)), mean, marker="." if stat == "mean" else None,
-                    label=f"{label(m)} ({stat} {value:.3f}, n={count:,})")  # fmt: skip
+            text = f"{label(m)} ({stat} {value:.3f}, n={count:,})" if in_panel else label(m)
+            (line,) = ax.plot(_x(kind, len(mean)), mean, marker="." if stat == "mean" else None,
+                              label=text, **_style(k))  # fmt: skip
+            handles.setdefault(label(m), line)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if in_panel and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    if handles and not in_panel:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4,
+                   fontsize=8)  # fmt: skip
     axes[0].set_ylabel("target-class probability (mean over images)")
     return fig
 
@@ -148,7 +169,11 @@ def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
     shown = summary.measured or list(METRICS)
     cols = min(len(shown), PANELS_PER_ROW)
     rows = -(-len(shown) // cols)
-    fig = Figure(figsize=(3 * max(cols, 4), 3.8 * rows), dpi=100, layout="constrained")
+    many = len(s.methods) > 6  # labels stand upright and each panel widens with the methods
+    panel_w = max(3.0, 0.16 * len(s.methods)) if many else 3.0
+    label_h = 0.075 * max(len(t) for t in labels) if many else 0.0
+    fig = Figure(figsize=(panel_w * max(cols, 4), (3.8 + label_h) * rows), dpi=100,
+                 layout="constrained")  # fmt: skip
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
@@ -171,7 +196,7 @@ def plot_distributions(s: Scalars, summary: Summary, seed: int = 0) -> Figure:
             for k, d in enumerate(data):
                 if 0 < len(d) <= POINTS_UP_TO:
                     ax.scatter(k + rng.uniform(-0.15, 0.15, len(d)), d, s=8, alpha=0.5, zorder=3)
-        ax.set_xticks(pos, labels, rotation=20)
+        ax.set_xticks(pos, labels, rotation=90 if many else 20, fontsize=7 if many else None)
         ax.set_title(f"{spec.label}\n({spec.direction})", fontsize=10)
         ax.set_ylabel(spec.label + (f" ({spec.unit})" if spec.unit else ""))
         ax.grid(axis="y", alpha=0.3)
