@@ -184,6 +184,24 @@ def test_sanity_verdict_rule():
     assert M.empty_maps(torch.full((1, 4, 4), 0.3)).tolist() == [True]
 
 
+def test_sanity_verdict_is_undecided_when_its_interval_holds_the_threshold():
+    """Mean |rho| 0.55 over 4 images: the bootstrap interval holds 0.5, so no verdict."""
+    rho = [0.2, -0.9, 0.3, 0.8]
+    v = M.sanity_verdict(rho, [False] * 4)
+    assert v.outcome == "undecided" and not v.passed and v.describe() == "undecided (4 images)"
+    # the interval is the percentile bootstrap of the mean |rho| (tested against a reference above)
+    iv = M.bootstrap_interval(np.abs(rho), bounds=(0.0, 1.0))
+    assert (v.low, v.high) == (iv.low, iv.high) and v.low < 0.5 <= v.high
+    assert v.mean_abs == pytest.approx(0.55)
+    # the same values, tight: 40 images of them decide (the interval leaves 0.5)
+    many = M.sanity_verdict([0.2, 0.3, 0.25, 0.35] * 10, [False] * 40)
+    assert many.outcome == "pass" and many.high < 0.5
+    stuck = M.sanity_verdict([0.9, 0.8, 0.7, 0.95] * 10, [False] * 40)
+    assert stuck.outcome == "fail" and stuck.low >= 0.5
+    # one image has no interval: its value decides, as before
+    assert M.sanity_verdict([0.45], [False]).outcome == "pass"
+
+
 # ------------------------------------------------------------------ multiple comparisons (17.7)
 
 

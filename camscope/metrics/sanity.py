@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from camscope.metrics.agreement import spearman
+from camscope.metrics.stats import bootstrap_interval
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -185,15 +186,20 @@ class SanityStep:
 class SanityVerdict(NamedTuple):
     """Outcome of the randomisation check for one method.
 
-    outcome: "pass", "fail" (maps stay rank-correlated) or "empty" (some randomised maps are
-    empty, so a low correlation cannot be told from a vanished map: never a pass).
-    mean_abs: mean |Spearman| over the non-empty randomised maps of the final step.
+    outcome: "pass", "fail" (maps stay rank-correlated), "undecided" (the 95 % bootstrap
+    interval of the mean |Spearman| over images contains the threshold: too few images to
+    tell) or "empty" (some randomised maps are empty, so a low correlation cannot be told from
+    a vanished map: never a pass).
+    mean_abs: mean |Spearman| over the non-empty randomised maps of the final step; low, high:
+    its percentile-bootstrap interval over images (NaN for fewer than 2 maps).
     """
 
     outcome: str
     mean_abs: float
     n_empty: int
     n: int
+    low: float = math.nan
+    high: float = math.nan
 
     @property
     def passed(self) -> bool:
@@ -201,10 +207,12 @@ class SanityVerdict(NamedTuple):
         return self.outcome == "pass"
 
     def describe(self) -> str:
-        """E.g. "fail: 2 of 3 randomised maps empty" or "pass"."""
+        """E.g. "fail: 2 of 3 randomised maps empty", "undecided (4 images)" or "pass"."""
         text = self.outcome if self.outcome != "empty" else "fail"
         if self.n_empty:
             text += f": {self.n_empty} of {self.n} randomised maps empty"
+        elif self.outcome == "undecided":
+            text += f" ({self.n} images)"
         return text
 
 
@@ -220,25 +228,36 @@ def sanity_verdict(spearman: object, empty: object, threshold: float = 0.5) -> S
     """The verdict from the final cascade step's per-image Spearman values and empty flags.
 
     Rule: any empty randomised map -> "empty" (reported as a failure with "k of n randomised
-    maps empty"); else mean |Spearman| < ``threshold`` -> "pass", otherwise (or NaN) "fail".
+    maps empty"); else the mean |Spearman| over images and its 95 % percentile-bootstrap
+    interval (`camscope.metrics.stats.bootstrap_interval`): "undecided" when the interval
+    contains ``threshold`` (low < threshold <= high), else "pass" when the mean is below it,
+    otherwise (or NaN) "fail". One image has no interval: its value decides.
 
     Example:
         >>> sanity_verdict([0.1, 0.0, 0.0], [False, True, True]).describe()
         'fail: 2 of 3 randomised maps empty'
+        >>> sanity_verdict([0.2, 0.9, 0.3, 0.8], [False] * 4).describe()
+        'undecided (4 images)'
     """
     rho, flags = _vector(spearman, torch.float64), _vector(empty, torch.bool)
     if rho.shape != flags.shape:
         raise ValueError(f"{rho.numel()} Spearman values but {flags.numel()} empty flags")
     if rho.numel() == 0:
         raise ValueError("no sanity values")
-    live = rho[~flags]
-    mean_abs = float(live.abs().mean()) if live.numel() else math.nan
+    live = rho[~flags].abs()
+    mean_abs = float(live.mean()) if live.numel() else math.nan  # NaN if any value is NaN
+    interval = bootstrap_interval(live.numpy(), bounds=(0.0, 1.0))
+    low, high = interval.low, interval.high
     n_empty = int(flags.sum())
     if n_empty:
         outcome = "empty"
+    elif not math.isfinite(mean_abs):
+        outcome = "fail"
+    elif math.isfinite(low) and low < threshold <= high:
+        outcome = "undecided"
     else:
-        outcome = "pass" if math.isfinite(mean_abs) and mean_abs < threshold else "fail"
-    return SanityVerdict(outcome, mean_abs, n_empty, int(rho.numel()))
+        outcome = "pass" if mean_abs < threshold else "fail"
+    return SanityVerdict(outcome, mean_abs, n_empty, int(rho.numel()), low, high)
 
 
 def _reinitialise(model: nn.Module, block: str) -> tuple[int, int]:
@@ -304,9 +323,11 @@ def passes_sanity(steps: Sequence[SanityStep], threshold: float = 0.5) -> bool:
 
     Rule: after the final step (all listed blocks randomised) no randomised map is empty and
     the mean over images of ``|Spearman|`` between the trained-model map and the
-    randomised-model map is below ``threshold`` (default 0.5). A map that stays rank-correlated
-    with itself when every weight is random does not depend on what the model learned (Adebayo
-    et al. flag exactly that); a map that vanishes has no ranks to compare and is no pass.
+    randomised-model map is below ``threshold`` (default 0.5), its 95 % interval over images
+    too (an interval that contains the threshold is "undecided", not a pass). A map that stays
+    rank-correlated with itself when every weight is random does not depend on what the model
+    learned (Adebayo et al. flag exactly that); a map that vanishes has no ranks to compare
+    and is no pass.
     """
     if not steps:
         raise ValueError("no sanity steps")

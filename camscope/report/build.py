@@ -47,7 +47,8 @@ def summary_csv(s: Scalars, summary: Summary) -> str:
     display units (``<key>_pct_...`` for the % metrics: Average Drop, Increase, pointing game;
     empty when not measured) and ``<key>_interval`` (how it was made),
     intervals_meaningful (n >= the minimum n), empty_maps, empty_maps_pct, sanity_images,
-    sanity_mean_abs_spearman, sanity_empty_randomised, sanity_outcome (pass / fail / empty).
+    sanity_mean_abs_spearman, sanity_empty_randomised, sanity_outcome (pass / fail / empty /
+    undecided), sanity_mean_abs_spearman_low / _high (its 95 % interval over images).
     """
     header = ["method", "n"]
     for spec in METRICS:
@@ -55,6 +56,7 @@ def summary_csv(s: Scalars, summary: Summary) -> str:
         header += [f"{k}_mean", f"{k}_low", f"{k}_high", f"{spec.key}_interval"]
     header += ["intervals_meaningful", "empty_maps", "empty_maps_pct", "sanity_images"]
     header += ["sanity_mean_abs_spearman", "sanity_empty_randomised", "sanity_outcome"]
+    header += ["sanity_mean_abs_spearman_low", "sanity_mean_abs_spearman_high"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -67,7 +69,8 @@ def summary_csv(s: Scalars, summary: Summary) -> str:
             row.append(iv.method)
         row += [n >= summary.min_n, summary.empty[m], _g(100 * summary.empty[m] / n if n else None)]
         v = summary.sanity.get(m)
-        row += [v.n, _g(v.mean_abs), v.n_empty, v.outcome] if v else [0, "", "", "not run"]
+        row += [v.n, _g(v.mean_abs), v.n_empty, v.outcome, _g(v.low), _g(v.high)] if v else [
+            0, "", "", "not run", "", ""]  # fmt: skip
         writer.writerow(row)
     return buffer.getvalue()
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from camscope.metrics import CONFIDENCE, CORRECTION, Interval, Ranking
+from camscope.metrics import CONFIDENCE, CORRECTION, Interval, Ranking, SanityVerdict
 from camscope.report.data import (
     METRICS,
     MetricSpec,
@@ -409,8 +409,8 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
         step, block = summary.sanity_steps[m]
         text = (
             f"{label(m)}: after randomising {step} blocks down to {block}, mean |Spearman| = "
-            f"{num(v.mean_abs, 2)} over the {v.n - v.n_empty} non-empty randomised maps of {v.n} "
-            f"images (threshold {t.sanity_threshold})"
+            f"{num(v.mean_abs, 2)}{_rho_interval(v)} over the {v.n - v.n_empty} non-empty "
+            f"randomised maps of {v.n} images (threshold {t.sanity_threshold})"
         )
         if v.outcome == "empty":
             text += (
@@ -418,12 +418,24 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
                 "Spearman 0: fail (a map that vanishes is no evidence the method depends on "
                 "the weights)."
             )
+        elif v.outcome == "undecided":
+            text += (
+                ": undecided — the interval contains the threshold; more images "
+                "(--sanity-images) would decide."
+            )
         elif v.passed:
             text += ": pass — its maps change when the weights do."
         else:
             text += ": fail — its maps stay rank-correlated with the trained model's maps."
         lines.append(text)
     return lines
+
+
+def _rho_interval(v: SanityVerdict) -> str:
+    """ " [95% CI low, high]" of a verdict's mean |Spearman|, or "" without one."""
+    if not (math.isfinite(v.low) and math.isfinite(v.high)):
+        return ""
+    return f" [{_PCT} CI {num(v.low, 2)}, {num(v.high, 2)}]"
 
 
 def summary_table(s: Scalars, summary: Summary) -> Table:
@@ -502,7 +514,8 @@ def definitions(
         "Sanity check (Adebayo et al., NeurIPS 2018, arXiv:1810.03292): blocks re-initialised "
         "cumulatively from the output side; Spearman rank correlation between the trained and "
         f"the randomised model's map; pass = mean |Spearman| after the last step < "
-        f"{t.sanity_threshold} and no randomised map empty.",
+        f"{t.sanity_threshold} and no randomised map empty; undecided = the {_PCT} bootstrap "
+        "interval of that mean over images contains the threshold.",
     ]
 
 
