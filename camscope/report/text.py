@@ -432,7 +432,7 @@ def sanity_lines(s: Scalars, summary: Summary, t: Thresholds) -> list[str]:
 
 
 def _rho_interval(v: SanityVerdict) -> str:
-    """ " [95% CI low, high]" of a verdict's mean |Spearman|, or "" without one."""
+    """A verdict's mean |Spearman| interval as ' [95% CI low, high]', or '' without one."""
     if not (math.isfinite(v.low) and math.isfinite(v.high)):
         return ""
     return f" [{_PCT} CI {num(v.low, 2)}, {num(v.high, 2)}]"
