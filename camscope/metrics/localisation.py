@@ -65,16 +65,14 @@ def _dilate(regions: torch.Tensor, radius: float) -> torch.Tensor:
     r = math.floor(radius)
     if r < 1:
         return regions
-    n, h, w = regions.shape
+    h, w = regions.shape[1:]
     padded = F.pad(regions.to(torch.int32), (r + 1, r))  # column j + r + 1 holds column j
     prefix = padded.cumsum(dim=-1)  # prefix[..., k]: region pixels in padded columns <= k
     rows: dict[int, torch.Tensor] = {}  # half-width -> any region pixel within it on the row
     out = torch.zeros_like(regions)
     for dy in range(-min(r, h - 1), min(r, h - 1) + 1):
         half = math.isqrt(math.floor(radius**2) - dy * dy)
-        if (
-            half not in rows
-        ):  # columns x - half .. x + half: prefix[x + r + 1 + half] - prefix[x + r - half]
+        if half not in rows:  # columns x - half .. x + half, from two prefix sums
             upper = prefix[..., r + 1 + half : r + 1 + half + w]
             rows[half] = (upper - prefix[..., r - half : r - half + w]) > 0
         near = rows[half]  # (N, H, W): region pixel at (y, x + dx), |dx| <= half
