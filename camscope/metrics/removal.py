@@ -11,7 +11,8 @@ sparse linear system, symmetric and diagonally dominant (positive definite whene
 pixel is kept), solved exactly for all channels at once; the systems of a whole batch of
 (image, fraction) pairs are assembled without Python loops into one block-diagonal matrix whose
 blocks are factorised (sparse LU, scipy.sparse) in a nested-dissection order, on as many
-threads as torch uses.
+threads as torch uses. On a CUDA device the systems are solved there instead, with dense
+batched linear algebra over the same dissection (`camscope.metrics.gridsolve`).
 
 Conventions as `camscope.metrics.faithfulness` (``model`` returns logits and may be an
 `camscope.engine.InferenceEngine`; ``inputs`` normalised (N, 3, H, W); ``maps`` (N, H, W);
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from camscope.metrics.faithfulness import _check, _chunked_probs, saliency_rank
+from camscope.metrics.gridsolve import bisect, stencil_fill
 
 __all__ = [
     "NEIGHBOUR_WEIGHTS",
@@ -95,27 +97,14 @@ def removal_masks(
 def _dissection_rank(h: int, w: int) -> np.ndarray:
     """Each pixel's position in a nested-dissection order of the (h, w) grid, (h*w,) int64.
 
-    Recursive bisection: the two halves of a rectangle first, the separating row or column
-    last. The 8-neighbour stencil couples rows one apart only, so one row (column) separates;
-    eliminating separators last bounds the fill of the factorisation (George, 1973). Restricted
-    to any set of removed pixels it is still a fill-reducing order (separators stay
-    separators), so one order of the grid serves every mask.
+    Recursive bisection (`camscope.metrics.gridsolve.bisect`, leaves of 64 pixels): the two
+    halves of a rectangle first, the separating row or column last. The 8-neighbour stencil
+    couples rows one apart only, so one row (column) separates; eliminating separators last
+    bounds the fill of the factorisation (George, 1973). Restricted to any set of removed
+    pixels it is still a fill-reducing order (separators stay separators), so one order of the
+    grid serves every mask.
     """
-    order: list[np.ndarray] = []
-    stack = [(0, h, 0, w)]
-    while stack:  # iterative: (r0, r1, c0, c1) rectangles, pushed so that halves come first
-        r0, r1, c0, c1 = stack.pop()
-        if (r1 - r0) * (c1 - c0) <= 64:
-            order.append((np.arange(r0, r1)[:, None] * w + np.arange(c0, c1)).ravel())
-        elif r1 - r0 >= c1 - c0:
-            m = (r0 + r1) // 2
-            order.append(m * w + np.arange(c0, c1))
-            stack += [(m + 1, r1, c0, c1), (r0, m, c0, c1)]
-        else:
-            m = (c0 + c1) // 2
-            order.append(np.arange(r0, r1) * w + m)
-            stack += [(r0, r1, m + 1, c1), (r0, r1, c0, m)]
-    flat = np.concatenate(order[::-1])  # reversed pre-order: separators after their halves
+    flat = np.concatenate([node.pixels for node in bisect(h, w, 64)])  # separators last
     rank = np.empty(h * w, dtype=np.int64)
     rank[flat] = np.arange(h * w)
     return rank
@@ -223,6 +212,33 @@ def _solve_block(a: Any, rhs: np.ndarray, out: np.ndarray, span: tuple[int, int]
     out[start:end] = lu.solve(rhs[start:end])
 
 
+def _solved(images: torch.Tensor, solve: np.ndarray) -> torch.Tensor:
+    """``images`` with the ``solve`` pixels imputed, as (B*H*W, C) float64 pixel rows (CPU).
+
+    On a CUDA device the systems are solved there with dense batched linear algebra
+    (`camscope.metrics.gridsolve.stencil_fill`); elsewhere by sparse LU (`_solve_blocks`),
+    the faster of the two on a CPU (BENCHMARKS.md). Both are exact to rounding.
+    """
+    b, ch, h, w = images.shape
+    if images.device.type == "cuda" and solve.any():
+        stencil = torch.zeros(3, 3, dtype=torch.float64)
+        for dr, dc, weight in NEIGHBOUR_WEIGHTS:
+            stencil[dr + 1, dc + 1] = weight
+        removed = torch.from_numpy(solve).to(images.device)
+        dense = stencil_fill(images.detach().double(), removed, stencil)
+        return dense.permute(0, 2, 3, 1).reshape(-1, ch).cpu()
+    flat = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, ch).clone()
+    if solve.any():
+        a, unknown, known = _system(solve)
+        values = flat.numpy()
+        rhs = np.zeros((unknown.size, ch))
+        for eq, nb, weight in known:
+            rhs[eq] += weight * values[nb]  # eq unique within one offset
+        counts = solve.reshape(b, -1).sum(axis=1)
+        flat[torch.from_numpy(unknown)] = torch.from_numpy(_solve_blocks(a, rhs, counts))
+    return flat
+
+
 def noisy_linear_impute(
     images: torch.Tensor,
     removed: torch.Tensor,
@@ -234,9 +250,9 @@ def noisy_linear_impute(
 
     For every removed pixel ``p``: ``sum_q w_q (v_p - v_q) = 0`` over its in-image neighbours
     ``q`` (`NEIGHBOUR_WEIGHTS`), with ``v_q`` the image's value where ``q`` is kept and the
-    unknown where it is removed; solved in float64 (one sparse LU per image, all channels at
-    once), then ``noise * N(0, 1)`` added to each imputed value (``generator`` seeds it:
-    one generator, or one per image).
+    unknown where it is removed; solved in float64 for all channels at once (`_solved`: sparse
+    LU per image on the CPU, dense batched on a CUDA device), then ``noise * N(0, 1)`` added
+    to each imputed value (``generator`` seeds it: one generator, or one per image).
     An image with every pixel removed has no known value to spread: it becomes 0 (+ noise), the
     normalised-space zero, i.e. the dataset mean colour (as pytorch-grad-cam's solver returns).
     """
@@ -250,16 +266,7 @@ def noisy_linear_impute(
     full = mask.reshape(b, -1).all(axis=1)  # nothing kept: no equation has a known term
     solve = mask.copy()
     solve[full] = False
-    # (B*H*W, C) pixel rows, float64, a fresh copy
-    flat = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, ch).clone()
-    if solve.any():
-        a, unknown, known = _system(solve)
-        values = flat.numpy()
-        rhs = np.zeros((unknown.size, ch))
-        for eq, nb, weight in known:
-            rhs[eq] += weight * values[nb]  # eq unique within one offset
-        counts = solve.reshape(b, -1).sum(axis=1)
-        flat[torch.from_numpy(unknown)] = torch.from_numpy(_solve_blocks(a, rhs, counts))
+    flat = _solved(images, solve)  # (B*H*W, C) float64 on the CPU, a fresh tensor
     flat.view(b, h * w, ch)[torch.from_numpy(full)] = 0.0
     if noise and mask.any():
         flat[torch.from_numpy(np.flatnonzero(mask))] += noise * _noise(mask, ch, generator)
