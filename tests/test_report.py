@@ -7,6 +7,7 @@ sizes and caps against synthetic runs of 5,000 images.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 from pathlib import Path
@@ -404,9 +405,13 @@ def test_the_ranking_depends_on_the_metric_is_said(tmp_path):
     kinds = [f.kind for f in found]
     assert "robust" not in kinds and "no_winner" in kinds
     depends = [f.text for f in found if f.kind == "depends"]
-    assert ("On these images the ranking of Grad-CAM and ScoreCAM depends on the metric: "
-            "Grad-CAM is ahead on Average Drop, ScoreCAM on Deletion AUC.") in depends  # fmt: skip
-    assert len(depends) == 3  # every pair is reversed
+    # every pair is reversed; Grad-CAM's two reversals share their orders, so one sentence
+    assert depends == [
+        "On these images the ranking of Grad-CAM and each of AblationCAM and ScoreCAM depends "
+        "on the metric: Grad-CAM is ahead on Average Drop, each of them on Deletion AUC.",
+        "On these images the ranking of AblationCAM and ScoreCAM depends on the metric: "
+        "AblationCAM is ahead on Average Drop, ScoreCAM on Deletion AUC.",
+    ]
     # one matrix per metric: 3 x 3, diagonal "self", colours follow the direction
     matrices = [b for b in doc.section("rankings").blocks if b.kind == "matrix"]
     assert len(matrices) == 2
@@ -416,6 +421,28 @@ def test_the_ranking_depends_on_the_metric_is_said(tmp_path):
     assert drop.rows[0][2].tone == "better" and drop.rows[2][0].tone == "worse"
     md = _render_both(doc)
     assert "| Grad-CAM | — |" in md and "better" in md
+
+
+def test_merged_reversals_lose_nothing_and_share_sentences():
+    from camscope.report.text import _merged
+
+    rng = np.random.default_rng(3)
+    methods = [f"m{i}" for i in range(9)]
+    orders = [("A",), ("B",), ("A", "C"), ("D",)]
+    for _ in range(50):
+        pairs = [p for p in itertools.combinations(methods, 2) if rng.random() < 0.4]
+        reversals = [(x, y, orders[rng.integers(2)], orders[2 + rng.integers(2)])
+                     for x, y in pairs]  # fmt: skip
+        merged = _merged(reversals, methods)
+        expanded = set()
+        for x, ys, ox, oy in merged:
+            for y in ys:  # back to one reversal per pair, in the methods' order
+                expanded.add((x, y, ox, oy) if methods.index(x) < methods.index(y) else
+                             (y, x, oy, ox))  # fmt: skip
+        assert expanded == set(reversals)
+        assert sum(len(ys) for _, ys, _, _ in merged) == len(reversals)
+        keys = [(x, ox, oy) for x, ys, ox, oy in merged if len(ys) > 1]
+        assert len(keys) == len(set(keys))  # a hub's orders make one sentence, not two
 
 
 def _render_both(doc) -> str:

@@ -11,6 +11,7 @@ ranking depends on the metric. Sentences come back as `Finding`s and blocks of
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from collections.abc import Sequence
@@ -250,32 +251,81 @@ def _ahead(x: str, y: str, orders: list[tuple[str, Ranking]], higher: dict[str, 
     return ahead
 
 
-def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
-    """A sentence for every two methods that two metrics order significantly oppositely.
+#: Two methods two orders rank significantly oppositely: (x, y, orders with x ahead, with y).
+Reversal = tuple[str, str, tuple[str, ...], tuple[str, ...]]
 
-    Two metrics of one family (settings of one metric, e.g. deletion with the mean-colour and
-    with the blurred baseline) that do so get a sentence of their own, saying the setting
-    decides; the sentence across metrics is said when metrics of two families do.
+
+def _merged(reversals: list[Reversal], methods: Sequence[str]) -> list[tuple]:
+    """Reversals merged around the method in most of them, losing nothing.
+
+    Repeatedly, the method in the most reversals left (ties: the earlier method) is the hub:
+    its reversals whose orders agree on each side become one entry ``(hub, partners, orders
+    with the hub ahead, orders with each partner ahead)``; a reversal merged with no other
+    stays as it was, ``(x, (y,), ...)``.
+    """
+    left, out = list(reversals), []
+    while left:
+        count = collections.Counter(m for r in left for m in r[:2])
+        hub = min(count, key=lambda m: (-count[m], methods.index(m)))
+        groups: dict[tuple, list[Reversal]] = {}
+        for r in (r for r in left if hub in r[:2]):
+            key = (r[2], r[3]) if r[0] == hub else (r[3], r[2])
+            groups.setdefault(key, []).append(r)
+        for (on_hub, on_other), rs in groups.items():
+            partners = tuple(r[1] if r[0] == hub else r[0] for r in rs)
+            x, y, ox, oy = rs[0]
+            out.append((x, (y,), ox, oy) if len(rs) == 1 else (hub, partners, on_hub, on_other))
+        left = [r for r in left if hub not in r[:2]]
+    return out
+
+
+def _reversal_findings(kind: str, reversals: list[Reversal], methods: Sequence[str],
+                       template: str) -> list[Finding]:  # fmt: skip
+    """One `Finding` per `_merged` reversal: ``template`` filled from it.
+
+    Fields: ``x``, ``y`` (the names in "the ranking of x and y"), ``sx``, ``sy`` (the same as
+    subjects) and the orders ``ox``, ``oy`` that put each ahead.
     """
     out = []
+    for x, ys, ox, oy in _merged(reversals, methods):
+        many = [label(m) for m in ys]
+        names = (label(x), many[0]) if len(many) == 1 else (label(x), f"each of {join(many)}")
+        subjects = names if len(many) == 1 else (label(x), "each of them")
+        text = template.format(x=names[0], y=names[1], sx=subjects[0], sy=subjects[1],
+                               ox=join(ox), oy=join(oy))  # fmt: skip
+        out.append(Finding(kind, text))
+    return out
+
+
+def _depends(s: Scalars, summary: Summary, ranked: list[MetricSpec]) -> list[Finding]:
+    """Sentences naming every two methods that two metrics order significantly oppositely.
+
+    Two metrics of one family (settings of one metric, e.g. deletion with the mean-colour and
+    with the blurred baseline) that do so get sentences of their own, saying the setting
+    decides; the sentence across metrics is said when metrics of two families do. Reversals
+    that share a method and the orders on each side share a sentence (`_merged`).
+    """
+    within: list[Reversal] = []
+    across: list[Reversal] = []
     orders = [(spec.label, summary.rankings[spec.key]) for spec in ranked]
     higher = {spec.label: spec.higher_is_better for spec in ranked}
     group = {spec.label: spec.group for spec in ranked}
     for x, y in itertools.combinations(s.methods, 2):
         ahead = _ahead(x, y, orders, higher)
         for family in dict.fromkeys(group[name] for name in ahead[x]):
-            on_x = [n for n in ahead[x] if group[n] == family]
-            on_y = [n for n in ahead[y] if group[n] == family]
+            on_x = tuple(n for n in ahead[x] if group[n] == family)
+            on_y = tuple(n for n in ahead[y] if group[n] == family)
             if on_y:
-                out.append(Finding("depends_setting", f"On these images the ranking of "
-                                   f"{label(x)} and {label(y)} depends on the setting of one "
-                                   f"metric: {label(x)} is ahead on {join(on_x)}, {label(y)} on "
-                                   f"{join(on_y)}."))  # fmt: skip
+                within.append((x, y, on_x, on_y))
         if ahead[x] and ahead[y] and len({group[n] for n in ahead[x] + ahead[y]}) > 1:
-            out.append(Finding("depends", f"On these images the ranking of {label(x)} and "
-                               f"{label(y)} depends on the metric: {label(x)} is ahead on "
-                               f"{join(ahead[x])}, {label(y)} on {join(ahead[y])}."))  # fmt: skip
-    return out
+            across.append((x, y, tuple(ahead[x]), tuple(ahead[y])))
+    head = "On these images the ranking of {x} and {y} depends on the"
+    return [
+        *_reversal_findings("depends_setting", within, s.methods,
+                            head + " setting of one metric: {sx} is ahead on {ox}, {sy} on {oy}."),
+        *_reversal_findings("depends", across, s.methods,
+                            head + " metric: {sx} is ahead on {ox}, {sy} on {oy}."),
+    ]  # fmt: skip
 
 
 def _tau_sentence(taus: list[Interval], what: str, min_n: int) -> str:
@@ -348,13 +398,14 @@ def _setting_depends(s: Scalars, checks: list[SettingCheck], summary: Summary) -
         orders = [(mine[0].setting.run, summary.rankings[key])]
         orders += [(c.setting.other, c.ranking) for c in mine]
         higher = dict.fromkeys((name for name, _ in orders), spec.higher_is_better)
+        reversals = []
         for x, y in itertools.combinations(s.methods, 2):
             ahead = _ahead(x, y, orders, higher)
             if ahead[x] and ahead[y]:
-                out.append(Finding("depends_setting", f"On these images the ranking of "
-                                   f"{label(x)} and {label(y)} depends on the {varies} of "
-                                   f"{spec.label}: {label(x)} is ahead with {join(ahead[x])}, "
-                                   f"{label(y)} with {join(ahead[y])}."))  # fmt: skip
+                reversals.append((x, y, tuple(ahead[x]), tuple(ahead[y])))
+        template = (f"On these images the ranking of {{x}} and {{y}} depends on the {varies} of "
+                    f"{spec.label}: {{sx}} is ahead with {{ox}}, {{sy}} with {{oy}}.")  # fmt: skip
+        out += _reversal_findings("depends_setting", reversals, s.methods, template)
     return out
 
 
