@@ -52,6 +52,14 @@ def test_stencil_fill_matches_sparse_lu_on_road_masks():
     assert (dense - sparse).abs().max() < 1e-10
 
 
+def test_an_asymmetric_stencil_is_refused():
+    values, removed = _cases((5, 6), 1, seed=5)
+    lopsided = STENCIL.clone()
+    lopsided[0, 1] = 0.5
+    with pytest.raises(ValueError, match="symmetric"):
+        stencil_fill(values, removed, lopsided)
+
+
 def test_chunks_do_not_change_the_solution(monkeypatch):
     values, removed = _cases((9, 11), 5, seed=3)
     whole = stencil_fill(values, removed, STENCIL)

@@ -144,8 +144,21 @@ def _level(
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(h: int, w: int) -> tuple[_Level, ...]:
-    """The solver's levels for an (h, w) grid, deepest first (cached: built once per size)."""
+def _plan(h: int, w: int, device: torch.device) -> tuple[_Level, ...]:
+    """The solver's levels for an (h, w) grid on ``device``, deepest first (cached)."""
+    levels = _cpu_plan(h, w)
+    if device.type == "cpu":
+        return levels
+    return tuple(
+        _Level(lv.sep.to(device), lv.ring.to(device), lv.code.to(device),
+               tuple(tuple(t.to(device) for t in kid) for kid in lv.children))
+        for lv in levels
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_plan(h: int, w: int) -> tuple[_Level, ...]:
+    """The solver's levels for an (h, w) grid, deepest first (built once per size)."""
     nodes = bisect(h, w, LEAF)
     levels, below = [], {}
     for depth in range(max(n.depth for n in nodes), -1, -1):
@@ -171,18 +184,17 @@ def _assemble(
     right-hand sides) is added at their rings' positions.
     """
     k, m = level.sep.shape[1], level.code.shape[2]
-    front = torch.cat([level.sep, level.ring], dim=1).to(rem.device)
-    r_sep = rem[:, level.sep.to(rem.device)]
-    weights = torch.cat([stencil.flatten(), stencil.new_zeros(1)])[level.code.to(rem.device)]
+    front = torch.cat([level.sep, level.ring], dim=1)
+    r_sep = rem[:, level.sep]
+    weights = torch.cat([stencil.flatten(), stencil.new_zeros(1)])[level.code]
     f = rem.new_zeros(rem.shape[0], len(front), m + 1, m + 1)
     f[:, :, :k, :m] = -weights * r_sep[..., None] * rem[:, front][:, :, None, :]
     eye = torch.arange(k, device=rem.device)
-    f[:, :, eye, eye] = r_sep * diag[level.sep.to(rem.device)] + (1 - r_sep)
+    f[:, :, eye, eye] = r_sep * diag[level.sep] + (1 - r_sep)
     f[:, :, k:m, :k] = f[:, :, :k, k:m].transpose(-1, -2)
     b = rem.new_zeros(rem.shape[0], len(front), m + 1, rhs.shape[-1])
-    b[:, :, :k] = rhs[:, level.sep.to(rem.device)]
+    b[:, :, :k] = rhs[:, level.sep]
     for parent, child, pos in level.children if below is not None else ():
-        parent, child, pos = parent.to(rem.device), child.to(rem.device), pos.to(rem.device)
         f[:, parent[:, None, None], pos[:, :, None], pos[:, None, :]] += below[0][:, child]
         b[:, parent[:, None], pos] += below[1][:, child]
     return f, b
@@ -214,7 +226,7 @@ def _fill_chunk(values: torch.Tensor, removed: torch.Tensor, stencil: torch.Tens
     near = torch.nn.functional.conv2d(kept.view(s * c, 1, h, w), kernel, padding=1)
     rhs = torch.where(removed[:, None], near.view(s, c, h, w), values).flatten(2).transpose(1, 2)
     rhs = torch.cat([rhs, rhs.new_zeros(s, 1, c)], dim=1)  # (S, H*W + 1, C)
-    levels, saved, below = _plan(h, w), [], None
+    levels, saved, below = _plan(h, w, values.device), [], None
     for level in levels:
         factors, below = _eliminate(
             *_assemble(level, rem, diag, rhs, stencil, below), level.sep.shape[1]
@@ -222,9 +234,9 @@ def _fill_chunk(values: torch.Tensor, removed: torch.Tensor, stencil: torch.Tens
         saved.append(factors)
     x = values.new_zeros(s, h * w + 1, c)
     for level, (low, wt, z) in zip(reversed(levels), reversed(saved), strict=True):
-        ring = x[:, level.ring.to(x.device)]
+        ring = x[:, level.ring]
         sol = torch.linalg.solve_triangular(low.transpose(-1, -2), z - wt @ ring, upper=True)
-        x[:, level.sep.to(x.device)] = sol
+        x[:, level.sep] = sol
     return x[:, : h * w].transpose(1, 2).reshape(s, c, h, w)
 
 
@@ -241,6 +253,8 @@ def stencil_fill(
     """
     stencil = stencil.to(values).clone()
     stencil[1, 1] = 0.0
+    if stencil.shape != (3, 3) or not torch.equal(stencil, stencil.flip(0, 1)):
+        raise ValueError("stencil must be a symmetric (3, 3) tensor: w(d) = w(-d)")
     removed = removed.to(values.device).bool()
     parts = [
         _fill_chunk(values[i : i + CHUNK], removed[i : i + CHUNK], stencil)
