@@ -266,3 +266,27 @@ def test_threaded_block_solves_equal_one_thread(data):
     assert torch.equal(one, many)
     ref = reference_impute(images[-1].numpy(), removed[-1].numpy())
     np.testing.assert_allclose(many[-1].numpy(), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (7, 9)])
+def test_removal_signature_equal_exactly_when_every_mask_is(shape):
+    from camscope.metrics import removal_signature
+
+    g = torch.Generator().manual_seed(7)
+    base = torch.rand(1, *shape, generator=g)
+    agree = 0
+    for _ in range(200):  # base with two pixels swapped: sometimes in one band, sometimes not
+        other = base.clone().view(-1)
+        i, j = torch.randint(0, other.numel(), (2,), generator=g)
+        other[i], other[j] = base.view(-1)[j], base.view(-1)[i]
+        other = other.view(1, *shape)
+        masks = [
+            torch.equal(removal_masks(base, ROAD_FRACTIONS, most_relevant_first=m),
+                        removal_masks(other, ROAD_FRACTIONS, most_relevant_first=m))
+            for m in (True, False)
+        ]  # fmt: skip
+        same = torch.equal(removal_signature(base, ROAD_FRACTIONS),
+                           removal_signature(other, ROAD_FRACTIONS))  # fmt: skip
+        assert same == all(masks)
+        agree += same
+    assert 0 < agree < 200  # both outcomes were exercised

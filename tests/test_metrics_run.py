@@ -102,3 +102,67 @@ def test_no_road_leaves_road_out_and_keeps_the_pre_road_settings(tmp_path):
     # the CLI flag is generated from the same declaration
     out = CliRunner().invoke(main, ["run", "--help"])
     assert "--road / --no-road" in out.output
+
+
+def test_road_is_measured_once_per_distinct_set_of_masks():
+    """`_road_all` equals ROAD of each method alone; an image whose masks repeat is reused."""
+    from camscope.run.explainer import _road_all, _road_columns
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16, 5),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 3, 12, 10)
+    a = torch.rand(3, 12, 10)
+    b = torch.rand(3, 12, 10)
+    b[[0, 2]] = a[[0, 2]] ** 3  # a monotone transform: the same order on images 0 and 2
+    top = a.flatten(1).argsort(dim=1, descending=True)
+    inside, across = a.clone(), a.clone()  # swap two pixels within one band, or across one
+    for j in range(3):
+        flat_in, flat_across = inside[j].view(-1), across[j].view(-1)
+        p, q, r = top[j, 0], top[j, 1], top[j, 12]  # ranks 0, 1 (band 0) and 12 (10 % = 12 px)
+        flat_in[p], flat_in[q] = a[j].view(-1)[q], a[j].view(-1)[p]
+        flat_across[p], flat_across[r] = a[j].view(-1)[r], a[j].view(-1)[p]
+    maps = {"a": a, "b": b, "c": torch.zeros(3, 12, 10), "d": 2 * a + 1, "e": inside,
+            "f": across}  # fmt: skip
+    targets, seeds = torch.tensor([0, 3, 1]), [11, 12, 13]
+    got, reused = _road_all(model, x, maps, targets, seeds)
+    assert reused == {"a": 0, "b": 2, "c": 0, "d": 3, "e": 3, "f": 0}
+    for method, m in maps.items():
+        want = _road_columns(model, x, m, targets, seeds)
+        assert set(got[method]) == set(want)
+        for name, value in want.items():
+            torch.testing.assert_close(got[method][name], value, rtol=0, atol=1e-6)
+
+
+def test_a_run_counts_the_reused_road_images(tmp_path):
+    """ShapleyCAM's map before a global average pool is Grad-CAM's: its ROAD values are taken
+    from Grad-CAM's, equal, and run.json counts the images."""
+    import json
+
+    make_images(tmp_path / "in", 2, seed=5)
+    config = RunConfig(
+        inputs=(str(tmp_path / "in"),), out_dir=str(tmp_path / "out"),
+        methods=("gradcam", "shapleycam"), model="test_resnet", random_weights=True,
+        metrics=True, steps=2, sanity_images=0,
+    )  # fmt: skip
+    run_local(config)
+    rows = results.read_table([tmp_path / "out"]).to_pylist()
+    counters = json.loads((tmp_path / "out" / "run.json").read_text())["method_counters"]
+    same = 0
+    for name in ("img00", "img01"):
+        saved = [
+            np.load(results.map_path(tmp_path / "out", m, name)) for m in ("gradcam", "shapleycam")
+        ]
+        value = {
+            r["method"]: (r["road_morf_curve"], r["road_lerf_curve"])
+            for r in rows
+            if r["name"] == name
+        }
+        if np.array_equal(saved[0], saved[1]):
+            same += 1
+            assert value["gradcam"] == value["shapleycam"]
+    assert same == 2  # the premise: the maps coincide
+    assert counters["gradcam"]["road_reused_images"] == 0.0  # the first method measures all
+    assert counters["shapleycam"]["road_reused_images"] == 2.0

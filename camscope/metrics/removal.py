@@ -54,6 +54,7 @@ __all__ = [
     "ROAD_NOISE",
     "noisy_linear_impute",
     "removal_masks",
+    "removal_signature",
     "road",
     "road_curve",
     "road_inputs",
@@ -91,6 +92,21 @@ def removal_masks(
     if any(not 0 <= f <= 1 for f in fractions):
         raise ValueError(f"fractions must lie in [0, 1], got {tuple(fractions)}")
     return rank[:, None] < counts.view(1, -1, 1, 1)
+
+
+def removal_signature(maps: torch.Tensor, fractions: Sequence[float]) -> torch.Tensor:
+    """Which of ROAD's masks each pixel is in, (N, H*W) uint8: equal rows, equal masks.
+
+    A pixel's entry counts the removal thresholds (``round(f * H * W)`` for MoRF,
+    ``H * W - round(f * H * W)`` for LeRF) at or below its `saliency_rank`; two maps of an image
+    with equal signatures have the same MoRF and LeRF masks at every fraction, hence the same
+    ROAD values (the order inside a band does not matter).
+    """
+    n, h, w = maps.shape
+    counts = [round(f * h * w) for f in fractions]
+    cuts = torch.tensor(sorted({*counts, *(h * w - c for c in counts)}), device=maps.device)
+    rank = saliency_rank(maps).flatten(1)
+    return torch.searchsorted(cuts, rank, right=True).to(torch.uint8)
 
 
 @functools.lru_cache(maxsize=8)

@@ -44,6 +44,7 @@ from camscope.metrics import (
     pointing_game,
     relevance_mass,
     relevance_rank,
+    removal_signature,
     road,
     sparseness,
     target_probabilities,
@@ -208,7 +209,9 @@ class BatchExplainer:
         """Faithfulness of each method's (B, H, W) maps of ``x`` (empty without --metrics).
 
         ``keys`` (the images' content keys) seed each image's ROAD noise, so its values do not
-        depend on the batch it was in; every method of an image gets the same noise.
+        depend on the batch it was in; every method of an image gets the same noise, so ROAD is
+        measured once per distinct set of removal masks of an image (`_road_all`; the images a
+        method took from another are counted in its ``road_reused_images``).
         """
         if self.engine is None or not maps:
             return {}
@@ -221,6 +224,11 @@ class BatchExplainer:
         seeds = [int(k[:15], 16) for k in keys] if keys else list(range(len(x)))
         blur = cfg.blur_deletion
         base = target_probabilities(self.engine, x, targets, batch_size=METRICS_BATCH)
+        roads, reused = _road_all(self.engine, x, maps, targets, seeds) if cfg.road else ({}, {})
+        for method, count in reused.items():
+            self.counters[method]["road_reused_images"] = (
+                self.counters[method].get("road_reused_images", 0.0) + count
+            )
         out = {}
         for method, m in maps.items():
             f = faithfulness(
@@ -243,7 +251,7 @@ class BatchExplainer:
                 "insertion_auc": f.insertion_auc,
                 "deletion_curve": f.deletion_curve,
                 "insertion_curve": f.insertion_curve,
-                **(_road_columns(self.engine, x, m, targets, seeds) if cfg.road else {}),
+                **roads.get(method, {}),
                 **(_blur_columns(self.engine, x, m, targets, cfg.steps, base) if blur else {}),
             }
         self.seconds["metrics"] += time.perf_counter() - start
@@ -412,6 +420,46 @@ def _cell(value: torch.Tensor) -> Any:
         return bool(value)
     number = float(value)
     return None if math.isnan(number) else number
+
+
+def _road_all(
+    engine: InferenceEngine,
+    x: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    targets: torch.Tensor,
+    seeds: list[int],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
+    """`_road_columns` of every method's maps: (columns per method, images reused per method).
+
+    ROAD sees a map only through its removal masks (`removal_signature`), and every method of
+    an image gets the same noise and target: an image whose masks equal those another method's
+    map of it already had (Grad-CAM, HiResCAM and XGrad-CAM before a global average pool, say)
+    takes those values — the ones it would compute — so each distinct (image, masks) pays for
+    its sparse solves once.
+    """
+    seen: dict[tuple[int, bytes], tuple[str, int]] = {}  # (image, masks) -> (method, image)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    reused: dict[str, int] = {}
+    for method, m in maps.items():
+        signature = removal_signature(m, ROAD_FRACTIONS).cpu().numpy()
+        keys = [(j, r.tobytes()) for j, r in enumerate(signature)]  # all masks: exact
+        new = [j for j, k in enumerate(keys) if k not in seen]
+        cols = (
+            _road_columns(engine, x[new], m[new], targets[new], [seeds[j] for j in new])
+            if new
+            else {}
+        )
+        rows = {j: (cols, i) for i, j in enumerate(new)}
+        for j, k in enumerate(keys):
+            if j not in rows:
+                source, at = seen[k]
+                rows[j] = (out[source], at)
+        names = next(iter(rows.values()))[0].keys()
+        out[method] = {n: torch.stack([rows[j][0][n][rows[j][1]] for j in range(len(keys))])
+                       for n in names}  # fmt: skip
+        seen.update((keys[j], (method, j)) for j in new)
+        reused[method] = len(keys) - len(new)
+    return out, reused
 
 
 def _road_columns(
