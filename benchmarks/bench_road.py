@@ -37,7 +37,7 @@ from bench_metrics import SAMPLES, floor, setup, timed  # noqa: E402
 from camscope.engine import InferenceEngine  # noqa: E402
 from camscope.metrics import ROAD_FRACTIONS, road, road_inputs  # noqa: E402
 from camscope.metrics.gridsolve import stencil_fill  # noqa: E402
-from camscope.metrics.removal import NEIGHBOUR_WEIGHTS, _system, removal_masks  # noqa: E402
+from camscope.metrics.removal import NEIGHBOUR_STENCIL, _system, removal_masks  # noqa: E402
 
 REPEATS = 3
 
@@ -107,13 +107,10 @@ def solvers(x: torch.Tensor, maps: torch.Tensor, device: str) -> list[tuple[str,
         .cpu()
     )
     images = x.double().repeat_interleave(2 * len(ROAD_FRACTIONS), 0).cpu()
-    stencil = torch.zeros(3, 3, dtype=torch.float64)
-    for dr, dc, weight in NEIGHBOUR_WEIGHTS:
-        stencil[dr + 1, dc + 1] = weight
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def dense(dev: str):
-        out = stencil_fill(images.to(dev), removed.to(dev), stencil)
+        out = stencil_fill(images.to(dev), removed.to(dev), NEIGHBOUR_STENCIL)
         sync()
         return out.cpu()
 

@@ -12,11 +12,9 @@ from test_metrics_road import reference_impute
 
 from camscope.metrics import ROAD_FRACTIONS, gridsolve, noisy_linear_impute, removal_masks
 from camscope.metrics.gridsolve import bisect, stencil_fill
-from camscope.metrics.removal import NEIGHBOUR_WEIGHTS
+from camscope.metrics.removal import NEIGHBOUR_STENCIL
 
-STENCIL = torch.zeros(3, 3, dtype=torch.float64)
-for _dr, _dc, _w in NEIGHBOUR_WEIGHTS:
-    STENCIL[_dr + 1, _dc + 1] = _w
+STENCIL = NEIGHBOUR_STENCIL
 
 
 def _cases(shape, n, seed):

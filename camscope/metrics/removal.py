@@ -48,6 +48,7 @@ from camscope.metrics.faithfulness import _check, _chunked_probs, saliency_rank
 from camscope.metrics.gridsolve import bisect, stencil_fill
 
 __all__ = [
+    "NEIGHBOUR_STENCIL",
     "NEIGHBOUR_WEIGHTS",
     "ROAD",
     "ROAD_FRACTIONS",
@@ -71,6 +72,10 @@ NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
     (-1, 1, 1 / 12),
     (-1, -1, 1 / 12),
 )
+#: The same weights as a (3, 3) float64 stencil, centre 0 (`camscope.metrics.gridsolve`'s form).
+NEIGHBOUR_STENCIL = torch.zeros(3, 3, dtype=torch.float64)
+for _dr, _dc, _weight in NEIGHBOUR_WEIGHTS:
+    NEIGHBOUR_STENCIL[_dr + 1, _dc + 1] = _weight
 #: The removed shares of pixels the paper evaluates.
 ROAD_FRACTIONS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Standard deviation of the imputation noise (in the units of the tensor imputed).
@@ -237,11 +242,8 @@ def _solved(images: torch.Tensor, solve: np.ndarray) -> torch.Tensor:
     """
     b, ch, h, w = images.shape
     if images.device.type == "cuda" and solve.any():
-        stencil = torch.zeros(3, 3, dtype=torch.float64)
-        for dr, dc, weight in NEIGHBOUR_WEIGHTS:
-            stencil[dr + 1, dc + 1] = weight
         removed = torch.from_numpy(solve).to(images.device)
-        dense = stencil_fill(images.detach().double(), removed, stencil)
+        dense = stencil_fill(images.detach().double(), removed, NEIGHBOUR_STENCIL)
         return dense.permute(0, 2, 3, 1).reshape(-1, ch).cpu()
     flat = images.detach().to("cpu", torch.float64).permute(0, 2, 3, 1).reshape(-1, ch).clone()
     if solve.any():
