@@ -7,6 +7,8 @@ a by-hand loop over the box score, and resume / shards against an uninterrupted 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -347,3 +349,15 @@ def test_prompts_repeated_or_separated_are_the_same_settings(images, tmp_path):
 
     one, two = settings("a cat|a dog"), settings(("a cat", "a dog"))
     assert one == two and one["target"] == ["a cat", "a dog"]
+
+
+@pytest.mark.parametrize("task", ["classify", "prompt"])
+def test_missing_transformers_names_the_extra(images, tmp_path, monkeypatch, task):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
+    out = tmp_path / "o"
+    args = ["run", str(images), "-o", str(out), "-q", "--model", "hf:some/model"]
+    extra = ["--task", "prompt", "--target", "a cat"] if task == "prompt" else []
+    bad = CliRunner().invoke(main, [*args, *extra])
+    assert bad.exit_code == 2, bad.output
+    assert "pip install 'camscope[hf]'" in bad.output and "Traceback" not in bad.output
+    assert not out.exists()

@@ -50,6 +50,7 @@ __all__ = [
     "hf_input_size",
     "hf_normalisation",
     "hf_token_grids",
+    "import_transformers",
     "is_hf_model",
     "is_hf_spec",
     "load_hf",
@@ -277,7 +278,8 @@ def _processor_size(folder: Path | None) -> tuple[int, int] | None:
     return None
 
 
-def _import_transformers():  # noqa: ANN202
+def import_transformers():  # noqa: ANN201
+    """``transformers``, or `HFError` naming the extra that installs it (the one such message)."""
     try:
         import transformers
     except ImportError as exc:
@@ -320,7 +322,7 @@ def load_hf(spec: str, *, pretrained: bool = True) -> HFModel:
         HFError: transformers missing, the model not cached / not a folder, not an image
             classifier; one line.
     """
-    transformers = _import_transformers()
+    transformers = import_transformers()
     source, folder, shown = _resolve(spec)
     if folder is None and pretrained:
         folder = _cached_folder(source)

@@ -303,10 +303,12 @@ def _load_clip(
 
 def _hf_clip(spec: str, random_weights: bool) -> dict[str, Any]:
     """A Hugging Face CLIPModel from a local folder or the local cache (never downloaded)."""
+    from camscope.adapters.hf import HFError, import_transformers
+
     try:
-        import transformers
-    except ImportError as exc:
-        raise ModelError('CLIP models need transformers: pip install "camscope[clip]"') from exc
+        transformers = import_transformers()
+    except HFError as exc:
+        raise ModelError(str(exc)) from exc
     name = spec[3:] if spec.startswith("hf:") else spec
     try:
         if random_weights:
